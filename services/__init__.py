@@ -1,0 +1,1 @@
+"""Switchyard services: the model pipeline, Triton launcher and offline batch job."""

@@ -1,0 +1,166 @@
+"""The `switchyard` command line."""
+
+import json
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+__all__ = ["app"]
+
+app = typer.Typer(help="Switchyard: serve a distilled model on Triton behind a teacher cache.")
+models_app = typer.Typer(help="Build, evaluate and export the teacher and student models.")
+app.add_typer(models_app, name="models")
+
+
+def _fail(message: str) -> typer.Exit:
+    Console(stderr=True, soft_wrap=True).print(f"[bold red]error:[/] {message}", highlight=False)
+    return typer.Exit(code=2)
+
+
+def _percent(value: float) -> str:
+    return f"{100 * value:.1f}%"
+
+
+def report_tables(report: dict[str, Any]) -> list[Table]:
+    """The evaluation table (one row per model) and the checks table (one row per task)."""
+    models = Table(title=f"Switchyard models, {report['profile']} profile (test split)")
+    for column in ("task", "model", "params", "size", "accuracy", "macro F1", "agrees", "b1 ms"):
+        models.add_column(column, justify="left" if column in {"task", "model"} else "right")
+    checks = Table(title="Export and responsible-use checks")
+    for column in ("task", "trainable", "onnx |Δlogit|", "int8=fp32", "served", "bias gap s/t"):
+        checks.add_column(column, justify="left" if column == "task" else "right")
+    for task, result in report["tasks"].items():
+        teacher, student, onnx = result["teacher"], result["student"], result["onnx"]
+        rows = [
+            (
+                f"teacher {teacher['base_model']}+LoRA",
+                f"{teacher['params'] / 1e6:.1f}M",
+                "",
+                teacher["test_accuracy"],
+                teacher["test_macro_f1"],
+                "",
+                teacher["latency_ms_batch1"],
+            ),
+            (
+                "student L3 torch",
+                f"{student['params'] / 1e6:.1f}M",
+                "",
+                student["test_accuracy"],
+                student["test_macro_f1"],
+                _percent(student["agreement_with_teacher"]),
+                student["latency_ms_batch1"],
+            ),
+            (
+                "student ONNX fp32",
+                "",
+                f"{onnx['size_bytes_fp32'] / 2**20:.1f} MiB",
+                onnx["fp32_test_accuracy"],
+                None,
+                "",
+                onnx["fp32_latency_ms_batch1"],
+            ),
+            (
+                "student ONNX int8",
+                "",
+                f"{onnx['size_bytes_int8'] / 2**20:.1f} MiB",
+                onnx["int8_test_accuracy"],
+                onnx["int8_test_macro_f1"],
+                "",
+                onnx["int8_latency_ms_batch1"],
+            ),
+        ]
+        for index, (name, params, size, accuracy, f1, agrees, latency) in enumerate(rows):
+            models.add_row(
+                task if index == 0 else "",
+                name,
+                params,
+                size,
+                _percent(accuracy),
+                "" if f1 is None else _percent(f1),
+                agrees,
+                f"{latency:.2f}",
+                end_section=index == len(rows) - 1,
+            )
+        bias = result["bias"]
+        checks.add_row(
+            task,
+            _percent(teacher["trainable_fraction"]),
+            f"{onnx['max_abs_logit_diff']:.1e}",
+            _percent(onnx["int8_agreement_with_fp32"]),
+            result["served_precision"],
+            "n/a"
+            if bias is None
+            else f"{_percent(bias['max_gap'])} / {_percent(bias['teacher_max_gap'])}",
+        )
+    return [models, checks]
+
+
+def _print_report(report: dict[str, Any]) -> None:
+    console = Console()
+    if not console.is_terminal:
+        console = Console(width=110)
+    for table in report_tables(report):
+        console.print(table)
+
+
+@models_app.command("build")
+def models_build(
+    out: Annotated[Path, typer.Option(help="Output folder for the build and model repository.")],
+    profile: Annotated[str, typer.Option(help="Build profile: quick or full.")] = "quick",
+    tasks: Annotated[str, typer.Option(help="Comma-separated tasks.")] = "topic,sentiment",
+    seed: Annotated[int, typer.Option(help="Seed for splits, sampling and training.")] = 13,
+    precision: Annotated[
+        str, typer.Option(help="Served precision: auto (int8 if it keeps accuracy), int8, fp32.")
+    ] = "auto",
+    max_train: Annotated[int | None, typer.Option(help="Override: training examples.")] = None,
+    max_eval: Annotated[int | None, typer.Option(help="Override: validation/test cap.")] = None,
+    teacher_steps: Annotated[int | None, typer.Option(help="Override: teacher steps.")] = None,
+    student_steps: Annotated[int | None, typer.Option(help="Override: student steps.")] = None,
+) -> None:
+    """Build teacher and student for each task and publish OUT/model_repository."""
+    from services.pipeline.errors import PipelineError
+    from services.pipeline.profiles import get_profile
+
+    try:
+        if precision not in {"auto", "int8", "fp32"}:
+            raise PipelineError(f"unknown precision {precision!r}; use auto, int8 or fp32")
+        chosen = get_profile(profile).with_overrides(
+            max_train=max_train,
+            max_eval=max_eval,
+            teacher_steps=teacher_steps,
+            student_steps=student_steps,
+        )
+        task_list = [task.strip() for task in tasks.split(",") if task.strip()]
+        if not task_list:
+            raise PipelineError("no task given; use --tasks topic,sentiment")
+        # Torch and the training stack load only here, so serving commands stay light.
+        from services.pipeline.build import BuildOptions, build_models
+
+        report = build_models(BuildOptions(out, chosen, task_list, seed, precision))  # type: ignore[arg-type]
+    except PipelineError as exc:
+        raise _fail(str(exc)) from None
+    _print_report(report)
+    Console().print(f"report: {out / 'report.json'}   model repository: {out / 'model_repository'}")
+
+
+@models_app.command("report")
+def models_report(
+    out: Annotated[Path, typer.Option(help="Build folder holding report.json.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print the raw JSON.")] = False,
+) -> None:
+    """Print the evaluation table of an earlier build."""
+    path = out / "report.json"
+    if not path.is_file():
+        raise _fail(f"no report at {path}; run `switchyard models build --out {out}` first")
+    report = json.loads(path.read_text(encoding="utf-8"))
+    if as_json:
+        print(json.dumps(report, indent=2))
+    else:
+        _print_report(report)
+
+
+if __name__ == "__main__":
+    app()

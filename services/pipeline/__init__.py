@@ -1,0 +1,1 @@
+"""Model pipeline: data splits, LoRA teacher, distilled student, ONNX export, model repository."""

@@ -1,0 +1,80 @@
+"""Triton model repository: `config.pbtxt` for the onnxruntime backend, version folders, publishing.
+
+Configs are built as Triton's own `ModelConfig` protobuf (shipped in tritonclient) and every
+rendered file is parsed back into it, so a config that Triton would reject never leaves here.
+"""
+
+import os
+import shutil
+from pathlib import Path
+
+from google.protobuf import text_format
+from google.protobuf.message import Message
+from tritonclient.grpc import model_config_pb2 as mc
+
+__all__ = ["parse_config", "publish_directory", "render_config", "student_config"]
+
+_PREFERRED_BATCH_SIZES = (4, 8, 16, 32, 64)
+
+
+def student_config(
+    name: str,
+    input_names: list[str],
+    num_labels: int,
+    max_batch_size: int,
+    max_queue_delay_us: int = 500,
+    instances: int = 1,
+    intra_op_threads: int = 2,
+) -> Message:
+    """Config for a student ONNX model: int64 token inputs of any length, float32 logits."""
+    config = mc.ModelConfig(
+        name=name,
+        platform="onnxruntime_onnx",
+        max_batch_size=max_batch_size,
+        input=[
+            mc.ModelInput(name=input_name, data_type=mc.TYPE_INT64, dims=[-1])
+            for input_name in input_names
+        ],
+        output=[mc.ModelOutput(name="logits", data_type=mc.TYPE_FP32, dims=[num_labels])],
+        dynamic_batching=mc.ModelDynamicBatching(
+            preferred_batch_size=[
+                size for size in _PREFERRED_BATCH_SIZES if size <= max_batch_size
+            ],
+            max_queue_delay_microseconds=max_queue_delay_us,
+        ),
+        instance_group=[
+            mc.ModelInstanceGroup(count=instances, kind=mc.ModelInstanceGroup.KIND_CPU)
+        ],
+    )
+    config.parameters["intra_op_thread_count"].string_value = str(intra_op_threads)
+    return config
+
+
+def render_config(config: Message) -> str:
+    text: str = text_format.MessageToString(config)
+    parse_config(text)
+    return text
+
+
+def parse_config(text: str) -> Message:
+    """Parse `config.pbtxt` text into Triton's ModelConfig; ValueError says what is wrong."""
+    config = mc.ModelConfig()
+    try:
+        text_format.Parse(text, config)
+    except text_format.ParseError as exc:
+        raise ValueError(f"invalid Triton model config: {exc}") from None
+    if not config.name or not config.input or not config.output:
+        raise ValueError("invalid Triton model config: name, input and output are required")
+    return config
+
+
+def publish_directory(staging: Path, target: Path) -> None:
+    """Move a completely written `staging` folder to `target`, replacing any previous one.
+
+    Readers see either the old folder or the new one, never a half-written one.
+    """
+    retired = target.with_name(f".{target.name}.retired-{os.getpid()}")
+    if target.exists():
+        target.rename(retired)
+    staging.rename(target)
+    shutil.rmtree(retired, ignore_errors=True)

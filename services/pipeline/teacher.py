@@ -1,0 +1,98 @@
+"""The large tuned model: a pretrained encoder with a LoRA adapter, merged after training."""
+
+from pathlib import Path
+from typing import Any, cast
+
+import numpy as np
+import torch
+from peft import LoraConfig, TaskType, get_peft_model
+from transformers import AutoModelForSequenceClassification, AutoTokenizer, PreTrainedModel
+
+from services.pipeline.datasets import Example
+from services.pipeline.profiles import BuildProfile, TaskBudget
+from services.pipeline.training import count_parameters, encode, predict_logits, train_loop
+
+__all__ = ["load_classifier", "train_teacher"]
+
+# LoRA goes on the attention projections (query, key, value, output), as in the LoRA paper.
+_ATTENTION_MODULES = {
+    "bert": r".*attention\.(self\.(query|key|value)|output\.dense)",
+    "mpnet": r".*attention\.attn\.(q|k|v|o)",
+}
+
+
+def load_classifier(model_dir: Path) -> tuple[PreTrainedModel, Any]:
+    """A saved sequence classifier and its tokenizer, in eval mode."""
+    model = AutoModelForSequenceClassification.from_pretrained(model_dir).eval()
+    return model, AutoTokenizer.from_pretrained(model_dir)
+
+
+def train_teacher(
+    base_dir: Path,
+    base_name: str,
+    labels: list[str],
+    train: list[Example],
+    validation: list[Example],
+    profile: BuildProfile,
+    budget: TaskBudget,
+    seed: int,
+    out_dir: Path,
+    description: str,
+) -> dict[str, Any]:
+    """Train a LoRA adapter plus classification head, merge it, save a plain HF model folder."""
+    torch.manual_seed(seed)
+    tokenizer = AutoTokenizer.from_pretrained(base_dir)
+    base = AutoModelForSequenceClassification.from_pretrained(
+        base_dir,
+        num_labels=len(labels),
+        id2label=dict(enumerate(labels)),
+        label2id={label: i for i, label in enumerate(labels)},
+    )
+    lora = LoraConfig(
+        task_type=TaskType.SEQ_CLS,
+        r=profile.lora_rank,
+        lora_alpha=profile.lora_alpha,
+        lora_dropout=profile.lora_dropout,
+        target_modules=_ATTENTION_MODULES[base.config.model_type],
+    )
+    model = get_peft_model(base, lora)
+    trainable_params, all_params = model.get_nb_trainable_parameters()
+    texts = [example.text for example in train]
+    targets = torch.tensor([example.label for example in train])
+
+    def loss_for(indices: list[int]) -> torch.Tensor:
+        batch = encode(tokenizer, [texts[i] for i in indices], budget.max_length)
+        logits = model(**batch).logits
+        return torch.nn.functional.cross_entropy(logits, targets[indices])
+
+    def validation_accuracy() -> float:
+        logits = predict_logits(
+            model, tokenizer, [e.text for e in validation], budget.max_length, profile.batch_size
+        )
+        return float(np.mean(logits.argmax(1) == np.array([e.label for e in validation])))
+
+    summary = train_loop(
+        model,
+        len(train),
+        loss_for,
+        validation_accuracy,
+        steps=budget.teacher_steps,
+        batch_size=profile.batch_size,
+        learning_rate=profile.teacher_learning_rate,
+        seed=seed,
+        evaluations=profile.evaluations_during_training,
+        description=description,
+    )
+    merged = cast(PreTrainedModel, model.merge_and_unload())
+    merged.save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
+    return {
+        "base_model": base_name,
+        "params": count_parameters(merged),
+        "trainable_params": trainable_params,
+        "trainable_fraction": trainable_params / all_params,
+        "lora": {"r": lora.r, "alpha": lora.lora_alpha, "target_modules": lora.target_modules},
+        "steps": summary.steps,
+        "best_step": summary.best_step,
+        "validation_accuracy": summary.best_validation_accuracy,
+    }
