@@ -13,6 +13,8 @@ __all__ = ["app"]
 app = typer.Typer(help="Switchyard: serve a distilled model on Triton behind a teacher cache.")
 models_app = typer.Typer(help="Build, evaluate and export the teacher and student models.")
 app.add_typer(models_app, name="models")
+triton_app = typer.Typer(help="Serve the model repository with NVIDIA Triton Inference Server.")
+app.add_typer(triton_app, name="triton")
 
 
 def _fail(message: str) -> typer.Exit:
@@ -160,6 +162,70 @@ def models_report(
         print(json.dumps(report, indent=2))
     else:
         _print_report(report)
+
+
+@triton_app.command("serve")
+def triton_serve(
+    repository: Annotated[Path, typer.Option(help="Model repository (OUT/model_repository).")],
+    host: Annotated[str | None, typer.Option(help="Address to listen on.")] = None,
+    grpc_port: Annotated[int | None, typer.Option(help="gRPC port [8001].")] = None,
+    http_port: Annotated[int | None, typer.Option(help="HTTP port [8000].")] = None,
+    metrics_port: Annotated[
+        int | None, typer.Option(help="Prometheus metrics port [8002].")
+    ] = None,
+    cache_size: Annotated[int | None, typer.Option(help="Response cache bytes; 0 = off.")] = None,
+    threads: Annotated[
+        int | None, typer.Option(help="onnxruntime threads per model instance [from config].")
+    ] = None,
+    ready_timeout: Annotated[float | None, typer.Option(help="Seconds to wait for ready.")] = None,
+) -> None:
+    """Run Triton until SIGTERM or SIGINT, picking up new model versions as they appear."""
+    import signal
+    import threading
+
+    from services.triton.server import TritonError, TritonServer, TritonSettings
+
+    overrides: dict[str, Any] = {
+        "host": host,
+        "grpc_port": grpc_port,
+        "http_port": http_port,
+        "metrics_port": metrics_port,
+        "cache_size": cache_size,
+        "onnx_threads": threads,
+        "ready_timeout": ready_timeout,
+    }
+    settings = TritonSettings(
+        repository=repository,
+        **{key: value for key, value in overrides.items() if value is not None},
+    )
+    stopping = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stopping.set())
+    console = Console(soft_wrap=True)
+    server = TritonServer(settings)
+    try:
+        report = server.start()
+        for model, reason in report.rejected.items():
+            console.print(f"not serving {model}: {reason}", highlight=False)
+        console.print(
+            f"triton ready (pid {server.pid}): grpc {settings.host}:{settings.grpc_port}, "
+            f"http {settings.host}:{settings.http_port}, "
+            f"metrics http://{settings.host}:{settings.metrics_port}/metrics; "
+            f"serving {', '.join(report.added)}",
+            highlight=False,
+        )
+        while not stopping.wait(settings.poll_seconds):
+            server.check_alive()
+            report = server.runtime.sync()
+            for added in report.added:
+                console.print(f"new model version {added}", highlight=False)
+            for model, reason in report.rejected.items():
+                console.print(f"not serving {model}: {reason}", highlight=False)
+    except TritonError as exc:
+        raise _fail(str(exc)) from None
+    finally:
+        server.stop()
+    console.print("triton stopped")
 
 
 if __name__ == "__main__":

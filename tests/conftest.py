@@ -1,11 +1,16 @@
-"""Shared fixtures: one tiny model build per test session, through the real `switchyard` command."""
+"""Shared fixtures: one tiny model build and one real Triton per test session."""
 
 import os
+import socket
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+
+from services.triton.server import TritonServer, TritonSettings
 
 SWITCHYARD = [sys.executable, "-m", "services.cli"]
 TINY_BUILD_OPTIONS = [
@@ -31,3 +36,32 @@ def tiny_build(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("build") / "out"
     run_switchyard("models", "build", "--out", str(out), *TINY_BUILD_OPTIONS)
     return out
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+def triton_settings(repository: Path, **overrides: Any) -> TritonSettings:
+    """Settings for a Triton on free loopback ports."""
+    return TritonSettings(
+        repository=repository,
+        grpc_port=free_port(),
+        http_port=free_port(),
+        metrics_port=free_port(),
+        **overrides,
+    )
+
+
+@pytest.fixture(scope="session")
+def triton(tiny_build: Path) -> Iterator[TritonServer]:
+    """One real Triton serving the tiny build, shared by the whole test session."""
+    server = TritonServer(triton_settings(tiny_build / "model_repository"))
+    try:
+        server.start()
+        yield server
+    finally:
+        server.stop()

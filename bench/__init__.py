@@ -1,0 +1,1 @@
+"""Benchmarks: each route against its floor and against what a user would deploy instead."""

@@ -1,0 +1,1 @@
+"""Serving the model repository with a real NVIDIA Triton Inference Server."""
