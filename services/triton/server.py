@@ -9,6 +9,7 @@ import contextlib
 import importlib.util
 import os
 import re
+import secrets
 import shutil
 import signal
 import subprocess
@@ -58,6 +59,32 @@ def _pytriton_root() -> Path:
     return Path(spec.origin).parent / "tritonserver"
 
 
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _remove_leftovers() -> None:
+    """Delete shared memory and work folders of launchers that were killed (SIGKILL, OOM)."""
+    leftovers = [
+        *_SHM_DIR.glob("switchyard*_*"),
+        *Path(tempfile.gettempdir()).glob("switchyard-triton-*-*"),
+    ]
+    for path in leftovers:
+        found = re.match(r"switchyard(?:-triton-)?(\d+)[_-]", path.name)
+        if found is None or _pid_alive(int(found.group(1))):
+            continue
+        if path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+
+
 def _error_lines(log: str) -> str:
     """The lines of a Triton log that say what went wrong (errors and failed model states)."""
     lines = [
@@ -73,14 +100,16 @@ class TritonServer:
 
     def __init__(self, settings: TritonSettings) -> None:
         self.settings = settings
-        self._workdir = Path(tempfile.mkdtemp(prefix="switchyard-triton-"))
+        _remove_leftovers()
+        self._workdir = Path(tempfile.mkdtemp(prefix=f"switchyard-triton-{os.getpid()}-"))
         self.runtime = RuntimeRepository(
             settings.repository,
             self._workdir / "model_repository",
             response_cache=settings.cache_size > 0,
             onnx_threads=settings.onnx_threads,
         )
-        self._shm_prefix = f"switchyard{os.getpid()}_"
+        # Unique per server: several may run in one process (tests), each cleans only its own.
+        self._shm_prefix = f"switchyard{os.getpid()}_{secrets.token_hex(3)}_"
         self._log_path = self._workdir / "tritonserver.log"
         self._process: subprocess.Popen[bytes] | None = None
 

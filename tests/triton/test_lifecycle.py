@@ -150,3 +150,19 @@ def test_sigterm_stops_everything_quickly(topic_repository: Path) -> None:
     finally:
         if cli.poll() is None:
             os.killpg(os.getpgid(cli.pid), signal.SIGKILL)
+
+
+def test_leftovers_of_killed_launchers_are_removed(topic_repository: Path) -> None:
+    dead_pid = subprocess.Popen(["true"])
+    dead_pid.wait()
+    segment = Path("/dev/shm") / f"switchyard{dead_pid.pid}_ab12cd_region"
+    segment.write_bytes(b"stale")
+    mine = Path("/dev/shm") / f"switchyard{os.getpid()}_ef34ab_region"
+    mine.write_bytes(b"in use")
+    try:
+        TritonServer(triton_settings(topic_repository)).stop()
+        assert not segment.exists()
+        assert mine.exists()
+    finally:
+        segment.unlink(missing_ok=True)
+        mine.unlink(missing_ok=True)
