@@ -15,6 +15,8 @@ models_app = typer.Typer(help="Build, evaluate and export the teacher and studen
 app.add_typer(models_app, name="models")
 triton_app = typer.Typer(help="Serve the model repository with NVIDIA Triton Inference Server.")
 app.add_typer(triton_app, name="triton")
+router_app = typer.Typer(help="The gRPC router: cache route (Redis) or model route (Triton).")
+app.add_typer(router_app, name="router")
 
 
 def _fail(message: str) -> typer.Exit:
@@ -226,6 +228,77 @@ def triton_serve(
     finally:
         server.stop()
     console.print("triton stopped")
+
+
+@router_app.command("serve")
+def router_serve(
+    config: Annotated[Path, typer.Option(help="Router settings (YAML).")] = Path(
+        "router/config.yaml"
+    ),
+    grpc_port: Annotated[int | None, typer.Option(help="gRPC port [from config].")] = None,
+    metrics_port: Annotated[int | None, typer.Option(help="Metrics port [from config].")] = None,
+) -> None:
+    """Serve the router until SIGTERM or SIGINT."""
+    import asyncio
+    import logging
+
+    from pydantic import ValidationError
+
+    from router.server import serve
+    from router.settings import load_settings
+
+    logging.basicConfig(
+        level=logging.INFO,
+        format="ts=%(asctime)s level=%(levelname)s logger=%(name)s msg=%(message)s",
+    )
+    overrides = {"grpc_port": grpc_port, "metrics_port": metrics_port}
+    try:
+        settings = load_settings(config, **{k: v for k, v in overrides.items() if v is not None})
+        asyncio.run(serve(settings))
+    except (OSError, ValueError, ValidationError) as exc:
+        raise _fail(f"router: {exc}".replace("\n", "; ")) from None
+
+
+@app.command("predict")
+def predict(
+    texts: Annotated[list[str], typer.Argument(help="Texts to classify.")],
+    task: Annotated[str, typer.Option(help="Task name.")] = "topic",
+    policy: Annotated[str, typer.Option(help="auto, cache_only or model_only.")] = "auto",
+    address: Annotated[str, typer.Option(help="Router address.")] = "127.0.0.1:50051",
+    timeout: Annotated[float, typer.Option(help="Deadline in seconds.")] = 5.0,
+) -> None:
+    """Ask the router to classify TEXTS; prints each answer with its route and latency."""
+    import grpc
+
+    from router._generated.switchyard.v1 import router_pb2, router_pb2_grpc
+
+    policies = {
+        "auto": router_pb2.ROUTE_POLICY_AUTO,
+        "cache_only": router_pb2.ROUTE_POLICY_CACHE_ONLY,
+        "model_only": router_pb2.ROUTE_POLICY_MODEL_ONLY,
+    }
+    if policy not in policies:
+        raise _fail(f"unknown policy {policy!r}; use auto, cache_only or model_only")
+    with grpc.insecure_channel(address) as channel:
+        stub = router_pb2_grpc.RouterStub(channel)
+        request = router_pb2.PredictBatchRequest(task=task, texts=texts, policy=policies[policy])
+        try:
+            reply = stub.PredictBatch(request, timeout=timeout)
+        except grpc.RpcError as exc:
+            raise _fail(f"{exc.code().name}: {exc.details()}") from None
+    table = Table(title=f"{task} ({address})")
+    for column in ("text", "label", "score", "route", "model", "server ms"):
+        table.add_column(column)
+    for text, result in zip(texts, reply.results, strict=True):
+        table.add_row(
+            text if len(text) <= 40 else text[:37] + "...",
+            result.label,
+            f"{result.score:.3f}",
+            router_pb2.Route.Name(result.route).removeprefix("ROUTE_").lower(),
+            f"{result.model} v{result.model_version}",
+            f"{result.server_latency_ms:.2f}",
+        )
+    Console(width=110).print(table)
 
 
 if __name__ == "__main__":

@@ -22,8 +22,14 @@ from transformers.utils import logging as transformers_logging
 from services.onnx_classifier import OnnxTextClassifier
 from services.pipeline import assets
 from services.pipeline.bias import probe_sentences
-from services.pipeline.datasets import load_splits, load_task, save_splits, split_examples
-from services.pipeline.datasets import stratified_sample as sample
+from services.pipeline.datasets import (
+    Splits,
+    load_splits,
+    load_task,
+    save_splits,
+    split_examples,
+    stratified_sample,
+)
 from services.pipeline.errors import PipelineError
 from services.pipeline.evaluate import evaluate_task
 from services.pipeline.export import FP32_FILE, INT8_FILE, TOKENIZER_FILE, export_student
@@ -113,10 +119,10 @@ def _build_task(options: BuildOptions, task: str) -> dict[str, Any]:
     def make_data(out: Path) -> None:
         loaded = load_task(task)
         full = split_examples(loaded.examples, seed)
-        used = type(full)(
-            train=sample(full.train, budget.max_train, seed),
-            validation=sample(full.validation, budget.max_eval, seed),
-            test=sample(full.test, budget.max_eval, seed),
+        used = Splits(
+            train=stratified_sample(full.train, budget.max_train, seed),
+            validation=stratified_sample(full.validation, budget.max_eval, seed),
+            test=stratified_sample(full.test, budget.max_eval, seed),
         )
         save_splits(used, out)
         _write_json(

@@ -93,7 +93,7 @@ PROFILES: dict[str, BuildProfile] = {
                 max_train=1500, max_eval=320, max_length=96, teacher_steps=150, student_steps=400
             ),
             "sentiment": TaskBudget(
-                max_train=8000, max_eval=2000, max_length=48, teacher_steps=300, student_steps=800
+                max_train=6000, max_eval=1500, max_length=48, teacher_steps=200, student_steps=600
             ),
         },
     ),

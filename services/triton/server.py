@@ -6,6 +6,7 @@ server runs in its own process group, so stopping it also stops every backend st
 """
 
 import contextlib
+import ctypes
 import importlib.util
 import os
 import re
@@ -19,6 +20,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 
 from pydantic import Field
@@ -29,6 +31,7 @@ from services.triton.runtime_repository import RuntimeRepository, SyncReport
 __all__ = ["TritonError", "TritonServer", "TritonSettings"]
 
 _SHM_DIR = Path("/dev/shm")
+_PR_SET_PDEATHSIG = 1
 
 
 class TritonSettings(BaseSettings):
@@ -57,6 +60,19 @@ def _pytriton_root() -> Path:
     if spec is None or spec.origin is None:
         raise TritonError("nvidia-pytriton is not installed: pip install 'switchyard[serve]'")
     return Path(spec.origin).parent / "tritonserver"
+
+
+def _stop_with_parent() -> Callable[[], None]:
+    """A pre-exec hook that has the child get SIGTERM when the launcher dies (even SIGKILL).
+
+    libc is resolved here, in the parent, so the child only makes one system call.
+    """
+    prctl = ctypes.CDLL(None, use_errno=True).prctl
+
+    def hook() -> None:
+        prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+    return hook
 
 
 def _pid_alive(pid: int) -> bool:
@@ -166,7 +182,12 @@ class TritonServer:
             command.append(f"--cache-config=local,size={settings.cache_size}")
         with self._log_path.open("wb") as log:
             self._process = subprocess.Popen(
-                command, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
+                command,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=env,
+                start_new_session=True,
+                preexec_fn=_stop_with_parent(),
             )
         self._wait_ready()
         return report

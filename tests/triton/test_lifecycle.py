@@ -152,6 +152,27 @@ def test_sigterm_stops_everything_quickly(topic_repository: Path) -> None:
             os.killpg(os.getpgid(cli.pid), signal.SIGKILL)
 
 
+def test_triton_stops_when_its_launcher_is_killed(topic_repository: Path) -> None:
+    ports = [str(free_port()) for _ in range(3)]
+    cli = subprocess.Popen(
+        [
+            sys.executable, "-m", "services.cli", "triton", "serve",
+            "--repository", str(topic_repository),
+            "--grpc-port", ports[0], "--http-port", ports[1], "--metrics-port", ports[2],
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )  # fmt: skip
+    assert cli.stdout is not None
+    assert "triton ready" in cli.stdout.readline()
+    (server,) = [c for c in psutil.Process(cli.pid).children() if c.name() == "tritonserver"]
+    cli.kill()
+    cli.wait()
+    server.wait(10)
+    assert not server.is_running()
+
+
 def test_leftovers_of_killed_launchers_are_removed(topic_repository: Path) -> None:
     dead_pid = subprocess.Popen(["true"])
     dead_pid.wait()

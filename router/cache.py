@@ -1,0 +1,194 @@
+"""The cache route: the offline teacher's predictions in Redis, read with redis.asyncio.
+
+Each call is bounded by a timeout and guarded by a circuit breaker, so a dead or slow Redis
+costs at most one timeout per breaker window and the router keeps answering from the model.
+The current generation of each namespace is held in memory: refreshed at once when the batch
+job announces a flip on pub/sub, and by a slow poll in case an announcement was missed.
+"""
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Sequence
+from typing import Any
+
+import redis.asyncio as redis
+from redis.exceptions import RedisError
+
+from router.errors import DependencyUnavailable
+from services.cache_schema import (
+    GENERATIONS_CHANNEL,
+    CachedPrediction,
+    generation_key,
+    misses_seen_key,
+    misses_stream_key,
+    prediction_key,
+    text_hash,
+)
+
+__all__ = ["CircuitBreaker", "PredictionCache"]
+
+_log = logging.getLogger(__name__)
+
+
+class CircuitBreaker:
+    """Opens after `failures` consecutive errors; lets one trial call through after `reset_s`."""
+
+    def __init__(self, failures: int, reset_s: float) -> None:
+        self._threshold = failures
+        self._reset_s = reset_s
+        self._failures = 0
+        self._open_until = 0.0
+
+    def allow(self) -> bool:
+        return self._failures < self._threshold or time.monotonic() >= self._open_until
+
+    def record(self, ok: bool) -> None:
+        if ok:
+            self._failures = 0
+            return
+        self._failures += 1
+        if self._failures >= self._threshold:
+            self._open_until = time.monotonic() + self._reset_s
+
+    @property
+    def is_open(self) -> bool:
+        return not self.allow()
+
+
+class PredictionCache:
+    def __init__(
+        self,
+        client: "redis.Redis",
+        namespaces: Sequence[str],
+        timeout_s: float,
+        breaker: CircuitBreaker,
+        stream_max_len: int,
+        poll_s: float,
+    ) -> None:
+        self._client = client
+        self._namespaces = list(namespaces)
+        self._timeout_s = timeout_s
+        self._breaker = breaker
+        self._stream_max_len = stream_max_len
+        self._poll_s = poll_s
+        self._generations: dict[str, str] = {}
+        self._tasks: list[asyncio.Task[None]] = []
+
+    def generation(self, namespace: str) -> str | None:
+        return self._generations.get(namespace)
+
+    async def start(self) -> None:
+        with contextlib.suppress(DependencyUnavailable):
+            await self.refresh_generations()
+        self._tasks = [
+            asyncio.create_task(self._follow_announcements()),
+            asyncio.create_task(self._poll_generations()),
+        ]
+
+    async def close(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await self._client.aclose()
+
+    async def _call(self, operation: str, timeout_s: float, call: Awaitable[Any]) -> Any:
+        """Run one Redis call under the breaker and a timeout; errors become UNAVAILABLE."""
+        if not self._breaker.allow():
+            if asyncio.iscoroutine(call):
+                call.close()
+            raise DependencyUnavailable("redis is unavailable (circuit open after failures)")
+        try:
+            result = await asyncio.wait_for(call, min(timeout_s, self._timeout_s))
+        except (RedisError, OSError, TimeoutError) as exc:
+            self._breaker.record(ok=False)
+            raise DependencyUnavailable(f"redis {operation} failed: {type(exc).__name__}") from exc
+        self._breaker.record(ok=True)
+        return result
+
+    async def refresh_generations(self) -> None:
+        values = await self._call(
+            "MGET generation",
+            self._timeout_s,
+            self._client.mget([generation_key(n) for n in self._namespaces]),
+        )
+        for namespace, value in zip(self._namespaces, values, strict=True):
+            if value is not None:
+                self._generations[namespace] = value.decode()
+
+    async def get_many(
+        self, namespace: str, texts: Sequence[str], timeout_s: float
+    ) -> tuple[list[CachedPrediction | None], int]:
+        """The current generation's prediction for each text (None for a miss), and how many
+        values were malformed (a corrupted or foreign value is a miss, never an answer)."""
+        generation = self._generations.get(namespace)
+        if generation is None:
+            return [None] * len(texts), 0
+        keys = [prediction_key(namespace, generation, text) for text in texts]
+        values = await self._call("MGET", timeout_s, self._client.mget(keys))
+        predictions: list[CachedPrediction | None] = []
+        malformed = 0
+        for value in values:
+            try:
+                predictions.append(None if value is None else CachedPrediction.from_json(value))
+            except ValueError:
+                malformed += 1
+                predictions.append(None)
+        return predictions, malformed
+
+    async def queue_misses(self, namespace: str, texts: Sequence[str]) -> int:
+        """Append texts not queued before to the capped stream of misses; returns how many."""
+        queued = 0
+        for text in texts:
+            added = await self._call(
+                "SADD",
+                self._timeout_s,
+                self._client.sadd(misses_seen_key(namespace), text_hash(text)),
+            )
+            if added:
+                await self._call(
+                    "XADD",
+                    self._timeout_s,
+                    self._client.xadd(
+                        misses_stream_key(namespace),
+                        {"text": text},
+                        maxlen=self._stream_max_len,
+                        approximate=True,
+                    ),
+                )
+                queued += 1
+        return queued
+
+    async def ping(self) -> bool:
+        try:
+            await asyncio.wait_for(self._client.ping(), self._timeout_s * 4)
+        except (RedisError, OSError, TimeoutError):
+            return False
+        return True
+
+    async def _poll_generations(self) -> None:
+        while True:
+            await asyncio.sleep(self._poll_s)
+            with contextlib.suppress(DependencyUnavailable):
+                await self.refresh_generations()
+
+    async def _follow_announcements(self) -> None:
+        """Switch generations as soon as the batch job announces a flip."""
+        while True:
+            try:
+                pubsub = self._client.pubsub()
+                await pubsub.subscribe(GENERATIONS_CHANNEL)
+                with contextlib.suppress(DependencyUnavailable):
+                    await self.refresh_generations()
+                async for message in pubsub.listen():
+                    if message.get("type") != "message":
+                        continue
+                    namespace, _, generation = message["data"].decode().partition(" ")
+                    if namespace in self._namespaces and generation:
+                        self._generations[namespace] = generation
+            except (RedisError, OSError) as exc:
+                _log.warning("generation announcements lost (%s); retrying", type(exc).__name__)
+                await asyncio.sleep(1.0)

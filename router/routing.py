@@ -1,0 +1,188 @@
+"""The routing decision, top to bottom: validate, look up the cache, ask the model for misses.
+
+No gRPC types here: `router.servicer` converts messages to these calls and errors to codes.
+"""
+
+import asyncio
+import enum
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from router.cache import PredictionCache
+from router.errors import CacheMiss, DeadlineExceeded, DependencyUnavailable, InvalidRequest
+from router.metrics import RouterMetrics
+from router.model import StudentClient
+from router.settings import RouterSettings, TaskSettings
+from services.cache_schema import CachedPrediction
+
+__all__ = ["Answer", "Policy", "Route", "Router"]
+
+_log = logging.getLogger(__name__)
+
+
+class Policy(enum.Enum):
+    AUTO = "auto"
+    CACHE_ONLY = "cache_only"
+    MODEL_ONLY = "model_only"
+
+
+class Route(enum.Enum):
+    CACHE = "cache"
+    MODEL = "model"
+
+
+@dataclass(frozen=True)
+class Answer:
+    label: str
+    score: float
+    scores: dict[str, float]
+    route: Route
+    model: str
+    model_version: str
+    cache_generation: str
+
+
+class Router:
+    def __init__(
+        self,
+        settings: RouterSettings,
+        cache: PredictionCache,
+        student: StudentClient,
+        metrics: RouterMetrics,
+    ) -> None:
+        self._settings = settings
+        self._cache = cache
+        self._student = student
+        self._metrics = metrics
+        self._background: set[asyncio.Task[None]] = set()
+
+    def tasks(self) -> list[str]:
+        return list(self._settings.tasks)
+
+    def task_settings(self, task: str) -> TaskSettings:
+        if task not in self._settings.tasks:
+            known = ", ".join(sorted(self._settings.tasks))
+            raise InvalidRequest(f"unknown task {task!r}; known tasks: {known}")
+        return self._settings.tasks[task]
+
+    def _validate(self, task: str, texts: Sequence[str], min_confidence: float) -> TaskSettings:
+        settings = self.task_settings(task)
+        if not texts:
+            raise InvalidRequest("no text given")
+        if len(texts) > self._settings.max_batch_texts:
+            raise InvalidRequest(
+                f"{len(texts)} texts in one request; the limit is {self._settings.max_batch_texts}"
+            )
+        for index, text in enumerate(texts):
+            where = f"text {index}" if len(texts) > 1 else "text"
+            if not text.strip():
+                raise InvalidRequest(f"{where} is empty")
+            if len(text) > settings.max_text_length:
+                raise InvalidRequest(
+                    f"{where} has {len(text)} characters; the limit for task {task!r} is "
+                    f"{settings.max_text_length}"
+                )
+        if not 0.0 <= min_confidence <= 1.0:
+            raise InvalidRequest(f"min_confidence must be within [0, 1], got {min_confidence}")
+        return settings
+
+    async def predict(
+        self,
+        task: str,
+        texts: Sequence[str],
+        policy: Policy,
+        min_confidence: float,
+        deadline: float | None,
+    ) -> list[Answer]:
+        """Answer every text; `deadline` is a time.monotonic() value or None for no deadline."""
+        settings = self._validate(task, texts, min_confidence)
+        answers: list[Answer | None] = [None] * len(texts)
+        generation = self._cache.generation(settings.cache_namespace) or ""
+
+        if policy is not Policy.MODEL_ONLY:
+            try:
+                cached, malformed = await self._cache.get_many(
+                    settings.cache_namespace, texts, self._remaining(deadline)
+                )
+                self._metrics.cache_malformed.labels(task).inc(malformed)
+            except DependencyUnavailable:
+                self._metrics.cache_errors.labels(task).inc()
+                if policy is Policy.CACHE_ONLY:
+                    raise
+                cached = [None] * len(texts)
+            for index, prediction in enumerate(cached):
+                if prediction is not None:
+                    answers[index] = _from_cache(prediction, generation)
+            hits = sum(prediction is not None for prediction in cached)
+            self._metrics.cache_hits.labels(task).inc(hits)
+            self._metrics.cache_misses.labels(task).inc(len(texts) - hits)
+
+        missing = [index for index, answer in enumerate(answers) if answer is None]
+        if missing and policy is Policy.CACHE_ONLY:
+            raise CacheMiss(
+                f"{len(missing)} of {len(texts)} texts are not in the cache of task {task!r} "
+                f"(generation {generation or 'none'})"
+            )
+        if missing:
+            model, results = await self._student.classify(
+                settings.model, [texts[i] for i in missing], self._remaining(deadline)
+            )
+            threshold = min_confidence or settings.confidence_threshold
+            unsure = []
+            for index, result in zip(missing, results, strict=True):
+                self._metrics.confidence.labels(task).observe(result.score)
+                answers[index] = Answer(
+                    label=result.label,
+                    score=result.score,
+                    scores=result.scores,
+                    route=Route.MODEL,
+                    model=model.name,
+                    model_version=model.version,
+                    cache_generation=generation if policy is Policy.AUTO else "",
+                )
+                if result.score < threshold:
+                    unsure.append(texts[index])
+            if unsure:
+                self._queue_misses(task, settings.cache_namespace, unsure)
+        return [answer for answer in answers if answer is not None]
+
+    def _remaining(self, deadline: float | None) -> float:
+        if deadline is None:
+            return float("inf")
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise DeadlineExceeded("the request's deadline passed before it could be answered")
+        return remaining
+
+    def _queue_misses(self, task: str, namespace: str, texts: list[str]) -> None:
+        """Queue low-confidence texts for the next offline run, off the request path."""
+
+        async def queue() -> None:
+            try:
+                queued = await self._cache.queue_misses(namespace, texts)
+            except DependencyUnavailable as exc:
+                _log.warning("could not queue %d misses of task %s: %s", len(texts), task, exc)
+                return
+            self._metrics.misses_queued.labels(task).inc(queued)
+
+        job = asyncio.create_task(queue())
+        self._background.add(job)
+        job.add_done_callback(self._background.discard)
+
+    async def drain(self) -> None:
+        if self._background:
+            await asyncio.gather(*self._background, return_exceptions=True)
+
+
+def _from_cache(prediction: CachedPrediction, generation: str) -> Answer:
+    return Answer(
+        label=prediction.label,
+        score=prediction.scores[prediction.label],
+        scores=prediction.scores,
+        route=Route.CACHE,
+        model=prediction.model,
+        model_version=prediction.model_version,
+        cache_generation=generation,
+    )

@@ -1,0 +1,131 @@
+"""Wiring: build the router from its settings, serve gRPC (with health and reflection) and
+Prometheus metrics, keep health honest, and shut down gracefully on SIGTERM or SIGINT."""
+
+import asyncio
+import contextlib
+import logging
+import signal
+
+import grpc
+import redis.asyncio as redis
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from prometheus_client import CollectorRegistry, start_http_server
+
+from router._generated.switchyard.v1 import router_pb2, router_pb2_grpc
+from router.cache import CircuitBreaker, PredictionCache
+from router.metrics import RouterMetrics
+from router.model import StudentClient
+from router.routing import Router
+from router.servicer import RouterServicer
+from router.settings import RouterSettings
+
+__all__ = ["ROUTER_SERVICE", "serve"]
+
+_log = logging.getLogger(__name__)
+ROUTER_SERVICE = router_pb2.DESCRIPTOR.services_by_name["Router"].full_name
+_SERVING = health_pb2.HealthCheckResponse.SERVING
+_NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+def _redis_client(settings: RouterSettings) -> "redis.Redis":
+    connect_timeout = max(settings.redis_timeout_ms / 1000, 0.5)
+    if settings.redis_cluster:
+        cluster = redis.RedisCluster.from_url(
+            settings.redis_url, socket_connect_timeout=connect_timeout
+        )
+        return cluster  # type: ignore[return-value]
+    return redis.Redis.from_url(settings.redis_url, socket_connect_timeout=connect_timeout)
+
+
+async def _watch_health(
+    settings: RouterSettings,
+    cache: PredictionCache,
+    student: StudentClient,
+    health_servicer: health.aio.HealthServicer,
+    metrics: RouterMetrics,
+) -> None:
+    """Report each dependency, and overall SERVING while at least one route can answer."""
+    models = sorted({task.model for task in settings.tasks.values()})
+    while True:
+        redis_up, triton_up = await asyncio.gather(cache.ping(), student.is_ready(models))
+        for name, up in (("redis", redis_up), ("triton", triton_up)):
+            metrics.dependency_up.labels(name).set(1 if up else 0)
+            await health_servicer.set(name, _SERVING if up else _NOT_SERVING)
+        overall = _SERVING if redis_up or triton_up else _NOT_SERVING
+        await health_servicer.set("", overall)
+        await health_servicer.set(ROUTER_SERVICE, overall)
+        await asyncio.sleep(settings.health_poll_seconds)
+
+
+async def serve(settings: RouterSettings, ready: asyncio.Event | None = None) -> None:
+    """Run the router until SIGTERM or SIGINT."""
+    registry = CollectorRegistry()
+    metrics = RouterMetrics(registry)
+    cache = PredictionCache(
+        _redis_client(settings),
+        sorted({task.cache_namespace for task in settings.tasks.values()}),
+        timeout_s=settings.redis_timeout_ms / 1000,
+        breaker=CircuitBreaker(settings.breaker_failures, settings.breaker_reset_seconds),
+        stream_max_len=settings.misses_stream_max_len,
+        poll_s=settings.generation_poll_seconds,
+    )
+    student = StudentClient(
+        settings.triton_url,
+        settings.model_repository,
+        timeout_s=settings.triton_timeout_ms / 1000,
+        buckets=settings.length_buckets,
+    )
+    await student.load(sorted({task.model for task in settings.tasks.values()}))
+    await cache.start()
+    router = Router(settings, cache, student, metrics)
+
+    server = grpc.aio.server(
+        options=[
+            ("grpc.max_receive_message_length", settings.max_message_bytes),
+            ("grpc.max_send_message_length", settings.max_message_bytes),
+            ("grpc.so_reuseport", 0),
+        ],
+        maximum_concurrent_rpcs=settings.max_concurrent_rpcs,
+    )
+    router_pb2_grpc.add_RouterServicer_to_server(
+        RouterServicer(router, cache, student, metrics), server
+    )
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection(
+        [ROUTER_SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME], server
+    )
+    address = f"{settings.host}:{settings.grpc_port}"
+    try:
+        server.add_insecure_port(address)
+    except RuntimeError:
+        raise OSError(f"cannot listen on {address}: the port is in use or not allowed") from None
+    metrics_server, metrics_thread = start_http_server(
+        settings.metrics_port, addr=settings.host, registry=registry
+    )
+    stopping = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stopping.set)
+    await server.start()
+    health_task = asyncio.create_task(
+        _watch_health(settings, cache, student, health_servicer, metrics)
+    )
+    _log.info("router listening on %s, metrics on :%d", address, settings.metrics_port)
+    if ready is not None:
+        ready.set()
+    try:
+        await stopping.wait()
+    finally:
+        # Health first, so load balancers stop sending; then let in-flight requests finish.
+        health_task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await health_task
+        await health_servicer.enter_graceful_shutdown()
+        await server.stop(settings.shutdown_grace_seconds)
+        await router.drain()
+        await cache.close()
+        await student.close()
+        metrics_server.shutdown()
+        metrics_thread.join(timeout=2)

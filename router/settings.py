@@ -1,0 +1,85 @@
+"""The router's settings: one typed object from a YAML file, with environment overrides.
+
+Environment variables win over the file: SWITCHYARD_ROUTER_REDIS_URL, and for nested
+values SWITCHYARD_ROUTER_TASKS__TOPIC__CONFIDENCE_THRESHOLD. Credentials belong in the
+environment (the Redis URL), never in the file.
+"""
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+__all__ = ["RouterSettings", "TaskSettings", "load_settings"]
+
+
+class TaskSettings(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    model: str = Field(description="Triton model serving the task's student")
+    cache_namespace: str = Field("", description="Redis namespace; defaults to the task name")
+    confidence_threshold: float = Field(0.6, ge=0.0, le=1.0)
+    max_text_length: int = Field(4000, gt=0, description="characters")
+
+
+class RouterSettings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="SWITCHYARD_ROUTER_", env_nested_delimiter="__", frozen=True
+    )
+
+    tasks: dict[str, TaskSettings]
+    model_repository: Path
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    redis_cluster: bool = False
+    redis_timeout_ms: float = Field(50.0, gt=0)
+    triton_url: str = "127.0.0.1:8001"
+    triton_timeout_ms: float = Field(2000.0, gt=0)
+    host: str = "127.0.0.1"
+    grpc_port: int = Field(50051, ge=0, le=65535)
+    metrics_port: int = Field(9464, ge=0, le=65535)
+    max_batch_texts: int = Field(64, gt=0)
+    max_message_bytes: int = Field(4 << 20, gt=0)
+    max_concurrent_rpcs: int = Field(1000, gt=0)
+    length_buckets: list[int] = Field(default_factory=lambda: [16, 32, 64, 128])
+    misses_stream_max_len: int = Field(100_000, gt=0)
+    generation_poll_seconds: float = Field(30.0, gt=0)
+    health_poll_seconds: float = Field(1.0, gt=0)
+    breaker_failures: int = Field(3, gt=0)
+    breaker_reset_seconds: float = Field(2.0, gt=0)
+    shutdown_grace_seconds: float = Field(5.0, ge=0)
+
+    @field_validator("tasks")
+    @classmethod
+    def _default_namespaces(cls, tasks: dict[str, TaskSettings]) -> dict[str, TaskSettings]:
+        if not tasks:
+            raise ValueError("at least one task is required")
+        return {
+            name: task
+            if task.cache_namespace
+            else task.model_copy(update={"cache_namespace": name})
+            for name, task in tasks.items()
+        }
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # The file's values arrive as init arguments; the environment overrides them.
+        return env_settings, init_settings
+
+
+def load_settings(path: Path, **overrides: Any) -> RouterSettings:
+    """Settings from a YAML file (relative paths resolved against it) plus `overrides`."""
+    data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a mapping of settings")
+    if "model_repository" in data:
+        data["model_repository"] = (path.parent / data["model_repository"]).resolve()
+    return RouterSettings(**(data | overrides))

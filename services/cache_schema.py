@@ -1,0 +1,79 @@
+"""How predictions are laid out in Redis; shared by the router and the offline batch job.
+
+    switchyard:<namespace>:generation                -> id of the current generation
+    switchyard:<namespace>:<generation>:<text hash>  -> JSON CachedPrediction (with a TTL)
+    switchyard:<namespace>:misses                    -> stream of low-confidence texts
+    switchyard:<namespace>:misses:seen               -> set of their hashes (deduplication)
+    channel switchyard:generations                   -> "<namespace> <generation>" on a flip
+
+The text hash is taken over the normalised text, so case and whitespace variants share a key.
+"""
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass
+
+from services.text import normalize_text
+
+__all__ = [
+    "GENERATIONS_CHANNEL",
+    "CachedPrediction",
+    "generation_key",
+    "misses_seen_key",
+    "misses_stream_key",
+    "prediction_key",
+    "text_hash",
+]
+
+_PREFIX = "switchyard"
+GENERATIONS_CHANNEL = f"{_PREFIX}:generations"
+
+
+def text_hash(text: str) -> str:
+    return hashlib.sha256(normalize_text(text).encode("utf-8")).hexdigest()[:32]
+
+
+def generation_key(namespace: str) -> str:
+    return f"{_PREFIX}:{namespace}:generation"
+
+
+def prediction_key(namespace: str, generation: str, text: str) -> str:
+    return f"{_PREFIX}:{namespace}:{generation}:{text_hash(text)}"
+
+
+def misses_stream_key(namespace: str) -> str:
+    return f"{_PREFIX}:{namespace}:misses"
+
+
+def misses_seen_key(namespace: str) -> str:
+    return f"{_PREFIX}:{namespace}:misses:seen"
+
+
+@dataclass(frozen=True)
+class CachedPrediction:
+    label: str
+    scores: dict[str, float]
+    model: str
+    model_version: str
+    created_at: float
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), separators=(",", ":"))
+
+    @classmethod
+    def from_json(cls, raw: bytes | str) -> "CachedPrediction":
+        """Parse a cached value; ValueError for anything malformed or foreign."""
+        try:
+            data = json.loads(raw)
+            prediction = cls(
+                label=str(data["label"]),
+                scores={str(k): float(v) for k, v in data["scores"].items()},
+                model=str(data["model"]),
+                model_version=str(data["model_version"]),
+                created_at=float(data["created_at"]),
+            )
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise ValueError(f"malformed cached prediction: {exc}") from None
+        if prediction.label not in prediction.scores:
+            raise ValueError("malformed cached prediction: label has no score")
+        return prediction
