@@ -13,7 +13,7 @@ from transformers import AutoTokenizer, BertConfig, BertForSequenceClassificatio
 from services.pipeline import assets
 from services.pipeline.datasets import Example
 from services.pipeline.profiles import BuildProfile, TaskBudget
-from services.pipeline.training import count_parameters, encode, predict_logits, train_loop
+from services.pipeline.training import count_parameters, encode, train_loop
 
 __all__ = ["distill_student", "load_l3_encoder_weights"]
 
@@ -109,17 +109,13 @@ def distill_student(
         hard = torch.nn.functional.cross_entropy(logits, targets[indices])
         return (1 - hard_weight) * soft + hard_weight * hard
 
-    def validation_accuracy() -> float:
-        logits = predict_logits(
-            model, tokenizer, [e.text for e in validation], budget.max_length, profile.batch_size
-        )
-        return float(np.mean(logits.argmax(1) == np.array([e.label for e in validation])))
-
     summary = train_loop(
         model,
+        tokenizer,
         len(train),
         loss_for,
-        validation_accuracy,
+        validation,
+        max_length=budget.max_length,
         steps=budget.student_steps,
         batch_size=profile.batch_size,
         learning_rate=profile.student_learning_rate,

@@ -3,14 +3,13 @@
 from pathlib import Path
 from typing import Any, cast
 
-import numpy as np
 import torch
 from peft import LoraConfig, TaskType, get_peft_model
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, PreTrainedModel
 
 from services.pipeline.datasets import Example
 from services.pipeline.profiles import BuildProfile, TaskBudget
-from services.pipeline.training import count_parameters, encode, predict_logits, train_loop
+from services.pipeline.training import count_parameters, encode, train_loop
 
 __all__ = ["load_classifier", "train_teacher"]
 
@@ -65,17 +64,13 @@ def train_teacher(
         logits = model(**batch).logits
         return torch.nn.functional.cross_entropy(logits, targets[indices])
 
-    def validation_accuracy() -> float:
-        logits = predict_logits(
-            model, tokenizer, [e.text for e in validation], budget.max_length, profile.batch_size
-        )
-        return float(np.mean(logits.argmax(1) == np.array([e.label for e in validation])))
-
     summary = train_loop(
         model,
+        tokenizer,
         len(train),
         loss_for,
-        validation_accuracy,
+        validation,
+        max_length=budget.max_length,
         steps=budget.teacher_steps,
         batch_size=profile.batch_size,
         learning_rate=profile.teacher_learning_rate,

@@ -9,7 +9,9 @@ import torch
 from tqdm import tqdm
 from transformers import PreTrainedTokenizerBase, get_linear_schedule_with_warmup
 
-__all__ = ["TrainSummary", "count_parameters", "encode", "predict_logits", "train_loop"]
+from services.pipeline.datasets import Example
+
+__all__ = ["TrainSummary", "accuracy", "count_parameters", "encode", "predict_logits", "train_loop"]
 
 
 def encode(
@@ -65,11 +67,23 @@ def _batches(num_examples: int, batch_size: int, generator: torch.Generator) -> 
             yield permutation[start : start + batch_size]
 
 
+def accuracy(
+    model: torch.nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    examples: Sequence[Example],
+    max_length: int,
+) -> float:
+    logits = predict_logits(model, tokenizer, [e.text for e in examples], max_length)
+    return float(np.mean(logits.argmax(1) == np.array([e.label for e in examples])))
+
+
 def train_loop(
     model: torch.nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
     num_examples: int,
     loss_for: Callable[[list[int]], torch.Tensor],
-    validation_accuracy: Callable[[], float],
+    validation: Sequence[Example],
+    max_length: int,
     steps: int,
     batch_size: int,
     learning_rate: float,
@@ -102,10 +116,10 @@ def train_loop(
         loss_value = float(loss.detach())
         progress.set_postfix(loss=f"{loss_value:.3f}")
         if step in checkpoints:
-            accuracy = validation_accuracy()
-            progress.set_postfix(loss=f"{loss_value:.3f}", val_acc=f"{accuracy:.3f}")
-            if accuracy > best_accuracy:
-                best_accuracy, best_step = accuracy, step
+            score = accuracy(model, tokenizer, validation, max_length)
+            progress.set_postfix(loss=f"{loss_value:.3f}", val_acc=f"{score:.3f}")
+            if score > best_accuracy:
+                best_accuracy, best_step = score, step
                 best_weights = {name: p.detach().clone() for name, p in trainable}
     with torch.no_grad():
         for name, parameter in trainable:

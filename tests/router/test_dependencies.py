@@ -1,6 +1,7 @@
 """Dependencies failing under the router, health, grpcurl and metrics: all on real processes."""
 
 import shutil
+import signal
 import subprocess
 import time
 import urllib.request
@@ -135,3 +136,32 @@ def test_metrics_after_traffic(router: RouterProcess) -> None:
     assert "switchyard_model_confidence_bucket" in metrics
     assert 'switchyard_dependency_up{dependency="triton"} 1.0' in metrics
     assert "metrics please" not in metrics
+
+
+def test_sigterm_lets_in_flight_requests_finish(
+    tiny_build: Path, triton: TritonServer, redis_server: RedisServer, tmp_path: Path
+) -> None:
+    router = RouterProcess(
+        tmp_path, tiny_build / "model_repository", redis_server.url, triton.settings.grpc_port
+    )
+    router.start()
+    try:
+        texts = [f"in-flight request number {i} about the markets" for i in range(8)]
+        channel = grpc.insecure_channel(router.address)
+        call = channel.unary_unary(
+            "/switchyard.v1.Router/PredictBatch",
+            request_serializer=router_pb2.PredictBatchRequest.SerializeToString,
+            response_deserializer=router_pb2.PredictBatchResponse.FromString,
+        )
+        futures = [
+            call.future(router_pb2.PredictBatchRequest(task="topic", texts=texts), timeout=30)
+            for _ in range(6)
+        ]
+        time.sleep(0.05)
+        assert router.process is not None
+        router.process.send_signal(signal.SIGTERM)
+        for future in futures:
+            assert len(future.result().results) == len(texts)
+        assert router.process.wait(15) == 0
+    finally:
+        router.stop()

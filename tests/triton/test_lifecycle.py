@@ -66,6 +66,21 @@ def _sync_and_ready(server: TritonServer, version: str) -> bool:
     return bool(client.is_model_ready("topic", version))
 
 
+def _serve_in_child(repository: Path) -> subprocess.Popen[str]:
+    """`switchyard triton serve` as a user runs it, in a process group of its own."""
+    ports = [str(free_port()) for _ in range(3)]
+    return subprocess.Popen(
+        [
+            sys.executable, "-m", "services.cli", "triton", "serve",
+            "--repository", str(repository),
+            "--grpc-port", ports[0], "--http-port", ports[1], "--metrics-port", ports[2],
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )  # fmt: skip
+
+
 def test_new_version_is_served_without_restart_and_broken_one_never_is(
     private_triton: TritonServer, topic_repository: Path
 ) -> None:
@@ -118,17 +133,7 @@ def test_a_port_in_use_is_a_clear_error(topic_repository: Path) -> None:
 
 
 def test_sigterm_stops_everything_quickly(topic_repository: Path) -> None:
-    ports = [str(free_port()) for _ in range(3)]
-    cli = subprocess.Popen(
-        [
-            sys.executable, "-m", "services.cli", "triton", "serve",
-            "--repository", str(topic_repository),
-            "--grpc-port", ports[0], "--http-port", ports[1], "--metrics-port", ports[2],
-        ],
-        stdout=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-    )  # fmt: skip
+    cli = _serve_in_child(topic_repository)
     try:
         assert cli.stdout is not None
         line = cli.stdout.readline()
@@ -153,17 +158,7 @@ def test_sigterm_stops_everything_quickly(topic_repository: Path) -> None:
 
 
 def test_triton_stops_when_its_launcher_is_killed(topic_repository: Path) -> None:
-    ports = [str(free_port()) for _ in range(3)]
-    cli = subprocess.Popen(
-        [
-            sys.executable, "-m", "services.cli", "triton", "serve",
-            "--repository", str(topic_repository),
-            "--grpc-port", ports[0], "--http-port", ports[1], "--metrics-port", ports[2],
-        ],
-        stdout=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-    )  # fmt: skip
+    cli = _serve_in_child(topic_repository)
     assert cli.stdout is not None
     assert "triton ready" in cli.stdout.readline()
     (server,) = [c for c in psutil.Process(cli.pid).children() if c.name() == "tritonserver"]
