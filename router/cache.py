@@ -120,12 +120,15 @@ class PredictionCache:
                 self._generations[namespace] = value.decode()
 
     async def get_many(
-        self, namespace: str, texts: Sequence[str], timeout_s: float
+        self, namespace: str, generation: str, texts: Sequence[str], timeout_s: float
     ) -> tuple[list[CachedPrediction | None], int]:
-        """The current generation's prediction for each text (None for a miss), and how many
-        values were malformed (a corrupted or foreign value is a miss, never an answer)."""
-        generation = self._generations.get(namespace)
-        if generation is None:
+        """`generation`'s prediction for each text (None for a miss), and how many values were
+        malformed (a corrupted or foreign value is a miss, never an answer).
+
+        The caller passes the generation it read once, so one request never mixes two
+        generations even when a flip lands while it is in flight.
+        """
+        if not generation:
             return [None] * len(texts), 0
         keys = [prediction_key(namespace, generation, text) for text in texts]
         values = await self._call("MGET", timeout_s, self._client.mget(keys))

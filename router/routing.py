@@ -104,7 +104,7 @@ class Router:
         if policy is not Policy.MODEL_ONLY:
             try:
                 cached, malformed = await self._cache.get_many(
-                    settings.cache_namespace, texts, self._remaining(deadline)
+                    settings.cache_namespace, generation, texts, self._remaining(deadline)
                 )
                 self._metrics.cache_malformed.labels(task).inc(malformed)
             except DependencyUnavailable:
