@@ -2,6 +2,8 @@
 
     switchyard:<namespace>:generation                -> id of the current generation
     switchyard:<namespace>:<generation>:<text hash>  -> JSON CachedPrediction (with a TTL)
+    switchyard:<namespace>:<generation>:meta         -> hash: who wrote it, when, how many rows
+    switchyard:<namespace>:batch:<run id>            -> hash: state of one batch run (shards done)
     switchyard:<namespace>:misses                    -> stream of low-confidence texts
     switchyard:<namespace>:misses:seen               -> set of their hashes (deduplication)
     channel switchyard:generations                   -> "<namespace> <generation>" on a flip
@@ -18,10 +20,13 @@ from services.text import normalize_text
 __all__ = [
     "GENERATIONS_CHANNEL",
     "CachedPrediction",
+    "batch_run_key",
     "generation_key",
+    "generation_meta_key",
     "misses_seen_key",
     "misses_stream_key",
     "prediction_key",
+    "prediction_key_for_hash",
     "text_hash",
 ]
 
@@ -38,7 +43,19 @@ def generation_key(namespace: str) -> str:
 
 
 def prediction_key(namespace: str, generation: str, text: str) -> str:
-    return f"{_PREFIX}:{namespace}:{generation}:{text_hash(text)}"
+    return prediction_key_for_hash(namespace, generation, text_hash(text))
+
+
+def prediction_key_for_hash(namespace: str, generation: str, digest: str) -> str:
+    return f"{_PREFIX}:{namespace}:{generation}:{digest}"
+
+
+def generation_meta_key(namespace: str, generation: str) -> str:
+    return f"{_PREFIX}:{namespace}:{generation}:meta"
+
+
+def batch_run_key(namespace: str, run_id: str) -> str:
+    return f"{_PREFIX}:{namespace}:batch:{run_id}"
 
 
 def misses_stream_key(namespace: str) -> str:

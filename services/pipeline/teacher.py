@@ -87,6 +87,7 @@ def train_teacher(
         "trainable_params": trainable_params,
         "trainable_fraction": trainable_params / all_params,
         "lora": {"r": lora.r, "alpha": lora.lora_alpha, "target_modules": lora.target_modules},
+        "max_length": budget.max_length,
         "steps": summary.steps,
         "best_step": summary.best_step,
         "validation_accuracy": summary.best_validation_accuracy,

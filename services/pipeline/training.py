@@ -39,12 +39,14 @@ def predict_logits(
 ) -> npt.NDArray[np.float32]:
     """Logits for (non-empty) `texts` in order; batches are formed by length to cut padding."""
     model.eval()
+    device = next(model.parameters()).device
     order = np.argsort([len(text) for text in texts], kind="stable")
     chunks = []
     starts = range(0, len(texts), batch_size)
     for start in tqdm(starts, desc=description, disable=description is None, unit="batch"):
         batch = encode(tokenizer, [texts[i] for i in order[start : start + batch_size]], max_length)
-        chunks.append(model(**batch).logits.float().numpy())
+        batch = {name: tensor.to(device) for name, tensor in batch.items()}
+        chunks.append(model(**batch).logits.float().cpu().numpy())
     by_length = np.concatenate(chunks)
     logits: npt.NDArray[np.float32] = np.empty_like(by_length)
     logits[order] = by_length

@@ -1,0 +1,257 @@
+"""The batch job's side of Redis: one run's state, its generation's keys, the flip, the misses.
+
+A run is keyed by the fingerprint of its inputs, so a rerun after a crash finds the same
+record and finishes the same generation. Every step that must not interleave with another
+worker (claiming the run, recording a shard, flipping the pointer) is one Lua script, which
+Redis runs atomically. Predictions are written with a script too: one call per chunk of keys
+costs a fraction of the client-side work of pipelined SETs.
+"""
+
+import enum
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any, cast
+
+import redis
+from redis.exceptions import RedisError
+
+from services.batch.errors import BatchError
+from services.batch.inputs import TextSet
+from services.cache_schema import (
+    GENERATIONS_CHANNEL,
+    CachedPrediction,
+    batch_run_key,
+    generation_key,
+    generation_meta_key,
+    misses_seen_key,
+    misses_stream_key,
+    prediction_key_for_hash,
+    text_hash,
+)
+
+__all__ = ["FlipOutcome", "GenerationStore", "RunState", "connect"]
+
+# Keys per script call or pipeline: large enough to amortise a round trip, small enough to
+# keep each call far below a millisecond of Redis time so readers never wait behind it.
+_CHUNK = 1000
+_MISSES_PAGE = 10_000
+
+_CLAIM = """
+if redis.call('HEXISTS', KEYS[1], 'finished_at') == 1 then
+  redis.call('DEL', KEYS[1])
+end
+if redis.call('HSETNX', KEYS[1], 'generation', ARGV[1]) == 1 then
+  local misses_until = '0-0'
+  if ARGV[5] == '1' then
+    local last = redis.call('XREVRANGE', KEYS[2], '+', '-', 'COUNT', 1)
+    if #last > 0 then misses_until = last[1][1] end
+  end
+  redis.call('HSET', KEYS[1], 'misses_until', misses_until, 'created_at', ARGV[2],
+             'shards', ARGV[3])
+  redis.call('EXPIRE', KEYS[1], ARGV[4])
+end
+return redis.call('HMGET', KEYS[1], 'generation', 'misses_until', 'created_at', 'flipped_at')
+"""
+
+_WRITE = """
+local ttl = ARGV[#KEYS + 1]
+for i = 1, #KEYS do
+  redis.call('SET', KEYS[i], ARGV[i], 'EX', ttl)
+end
+return #KEYS
+"""
+
+_MISSING = """
+local missing = {}
+for i = 1, #KEYS do
+  if redis.call('EXISTS', KEYS[i]) == 0 then missing[#missing + 1] = i - 1 end
+end
+return missing
+"""
+
+_FINISH_SHARD = """
+redis.call('HSET', KEYS[1], 'done:' .. ARGV[1], ARGV[2])
+local shards, done, total = tonumber(ARGV[3]), 0, 0
+for i = 0, shards - 1 do
+  local count = redis.call('HGET', KEYS[1], 'done:' .. i)
+  if count then
+    done = done + 1
+    total = total + tonumber(count)
+  end
+end
+if done < shards then return {0, done, total} end
+if redis.call('HEXISTS', KEYS[1], 'flipped_at') == 1 then return {2, done, total} end
+local meta = {'rows', total, 'flipped_at', ARGV[6]}
+for i = 9, #ARGV do meta[#meta + 1] = ARGV[i] end
+redis.call('HSET', KEYS[3], unpack(meta))
+redis.call('EXPIRE', KEYS[3], ARGV[7])
+redis.call('SET', KEYS[2], ARGV[4])
+redis.call('HSET', KEYS[1], 'flipped_at', ARGV[6])
+redis.call('PUBLISH', ARGV[5], ARGV[8])
+return {1, done, total}
+"""
+
+
+class FlipOutcome(enum.Enum):
+    WAITING = "waiting for other shards"
+    FLIPPED = "flipped"
+    FLIPPED_BEFORE = "flipped by an earlier attempt"
+
+
+@dataclass(frozen=True)
+class RunState:
+    generation: str
+    misses_until: str
+    created_at: float
+    flipped: bool
+
+
+def connect(url: str, timeout_s: float) -> "redis.Redis":
+    """A client for `url`, checked with PING; BatchError (without credentials) if unreachable."""
+    try:
+        client = redis.Redis.from_url(
+            url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s
+        )
+    except ValueError as exc:
+        raise BatchError(f"invalid Redis URL: {exc}") from None
+    kwargs = client.connection_pool.connection_kwargs
+    where = kwargs.get("path") or f"{kwargs.get('host')}:{kwargs.get('port')}"
+    try:
+        client.ping()
+    except (RedisError, OSError) as exc:
+        raise BatchError(f"cannot reach Redis at {where}: {exc}") from None
+    return client
+
+
+def _chunks(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def _next_stream_id(entry_id: str) -> str:
+    milliseconds, _, sequence = entry_id.partition("-")
+    return f"{milliseconds}-{int(sequence) + 1}"
+
+
+class GenerationStore:
+    def __init__(self, client: "redis.Redis", namespace: str, ttl_seconds: int) -> None:
+        self._client = client
+        self._namespace = namespace
+        self._ttl_seconds = ttl_seconds
+        self._claim = client.register_script(_CLAIM)
+        self._write = client.register_script(_WRITE)
+        self._missing = client.register_script(_MISSING)
+        self._finish_shard = client.register_script(_FINISH_SHARD)
+
+    def claim(self, run_id: str, shards: int, include_misses: bool, now: float) -> RunState:
+        """Join the run `run_id`, starting it (a new generation) unless one is under way."""
+        new_generation = f"{int(now)}-{run_id[:8]}"
+        generation, misses_until, created_at, flipped_at = self._claim(
+            keys=[batch_run_key(self._namespace, run_id), misses_stream_key(self._namespace)],
+            args=[new_generation, now, shards, self._ttl_seconds, int(include_misses)],
+        )
+        return RunState(
+            generation=generation.decode(),
+            misses_until=misses_until.decode(),
+            created_at=float(created_at),
+            flipped=flipped_at is not None,
+        )
+
+    def _misses(self, until: str) -> Iterator[dict[bytes, bytes]]:
+        """The fields of each queued miss up to stream entry `until`, oldest first."""
+        stream = misses_stream_key(self._namespace)
+        start = "-"
+        while until != "0-0":
+            entries = cast(
+                list[tuple[bytes, dict[bytes, bytes]]],
+                self._client.xrange(stream, start, until, count=_MISSES_PAGE),
+            )
+            for _, fields in entries:
+                yield fields
+            if len(entries) < _MISSES_PAGE:
+                return
+            start = "(" + entries[-1][0].decode()
+
+    def read_misses(self, until: str, into: TextSet) -> int:
+        """Add the queued misses up to entry `until` to `into`; returns how many were read."""
+        read = 0
+        for fields in self._misses(until):
+            read += 1
+            try:
+                into.add(fields[b"text"].decode("utf-8"))
+            except KeyError:
+                into.skip("no 'text' field")
+            except UnicodeDecodeError:
+                into.skip("not UTF-8")
+        return read
+
+    def missing(self, generation: str, digests: Sequence[str]) -> list[str]:
+        """The digests whose prediction is not (yet) in `generation`."""
+        absent: list[str] = []
+        for chunk in _chunks(digests, _CHUNK):
+            keys = [prediction_key_for_hash(self._namespace, generation, d) for d in chunk]
+            absent.extend(chunk[index] for index in self._missing(keys=keys))
+        return absent
+
+    def write(self, generation: str, predictions: Sequence[tuple[str, CachedPrediction]]) -> None:
+        """Store (digest, prediction) pairs in `generation`, each with the run's TTL."""
+        for chunk in _chunks(predictions, _CHUNK):
+            self._write(
+                keys=[prediction_key_for_hash(self._namespace, generation, d) for d, _ in chunk],
+                args=[prediction.to_json() for _, prediction in chunk] + [self._ttl_seconds],
+            )
+
+    def finish_shard(
+        self,
+        run_id: str,
+        generation: str,
+        shard: int,
+        shards: int,
+        written: int,
+        now: float,
+        meta: dict[str, str],
+    ) -> tuple[FlipOutcome, int]:
+        """Record this shard's verified count; the shard that completes the run flips the
+        current-generation pointer and announces it. Returns the outcome and the run's rows."""
+        announcement = f"{self._namespace} {generation}"
+        fields = [item for pair in meta.items() for item in pair]
+        outcome, _, total = self._finish_shard(
+            keys=[
+                batch_run_key(self._namespace, run_id),
+                generation_key(self._namespace),
+                generation_meta_key(self._namespace, generation),
+            ],
+            args=[
+                shard,
+                written,
+                shards,
+                generation,
+                GENERATIONS_CHANNEL,
+                now,
+                self._ttl_seconds,
+                announcement,
+                *fields,
+            ],
+        )
+        return list(FlipOutcome)[int(outcome)], int(total)
+
+    def forget_misses(self, until: str) -> int:
+        """Remove the misses a flipped run covered: first from the set of queued hashes (so a
+        later miss of the same text is queued again), then from the stream."""
+        if until == "0-0":
+            return 0
+        seen = misses_seen_key(self._namespace)
+        digests = [
+            text_hash(fields[b"text"].decode("utf-8", errors="replace"))
+            for fields in self._misses(until)
+            if b"text" in fields
+        ]
+        for chunk in _chunks(digests, _CHUNK):
+            self._client.srem(seen, *chunk)
+        removed: int = self._client.xtrim(
+            misses_stream_key(self._namespace), minid=_next_stream_id(until), approximate=False
+        )
+        return removed
+
+    def mark_finished(self, run_id: str, now: float) -> None:
+        self._client.hset(batch_run_key(self._namespace, run_id), "finished_at", str(now))
