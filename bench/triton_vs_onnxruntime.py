@@ -10,7 +10,6 @@ average batch Triton's dynamic batcher formed. Every phase is bounded in time.
 import json
 import os
 import platform
-import socket
 import statistics
 import threading
 import time
@@ -26,6 +25,7 @@ from rich.console import Console
 from rich.table import Table
 
 from services.onnx_classifier import OnnxTextClassifier
+from services.ports import free_port
 from services.triton.server import TritonServer, TritonSettings
 
 # Query-like texts of a few lengths, so both paths see the same realistic token counts.
@@ -41,13 +41,6 @@ SAMPLE_TEXTS = [
 ]
 
 Inputs = dict[str, npt.NDArray[np.int64]]
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
 
 
 def _latencies_ms(
@@ -128,9 +121,9 @@ def main(
     inputs = [local.encode([text]) for text in SAMPLE_TEXTS]
     settings = TritonSettings(
         repository=repository,
-        grpc_port=_free_port(),
-        http_port=_free_port(),
-        metrics_port=_free_port(),
+        grpc_port=free_port(),
+        http_port=free_port(),
+        metrics_port=free_port(),
     )
     server = TritonServer(settings)
     server.start()

@@ -13,7 +13,7 @@ The text hash is taken over the normalised text, so case and whitespace variants
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 from services.text import normalize_text
 
@@ -32,6 +32,7 @@ __all__ = [
 
 _PREFIX = "switchyard"
 GENERATIONS_CHANNEL = f"{_PREFIX}:generations"
+_ENCODER = json.JSONEncoder(separators=(",", ":"))
 
 
 def text_hash(text: str) -> str:
@@ -75,7 +76,16 @@ class CachedPrediction:
     created_at: float
 
     def to_json(self) -> str:
-        return json.dumps(asdict(self), separators=(",", ":"))
+        # Spelled out: dataclasses.asdict deep-copies, and the batch job calls this per key.
+        return _ENCODER.encode(
+            {
+                "label": self.label,
+                "scores": self.scores,
+                "model": self.model,
+                "model_version": self.model_version,
+                "created_at": self.created_at,
+            }
+        )
 
     @classmethod
     def from_json(cls, raw: bytes | str) -> "CachedPrediction":

@@ -2,7 +2,6 @@
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -12,10 +11,11 @@ from typing import Any
 
 import grpc
 import pytest
-import redis
 import yaml
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from services.ports import free_port
+from services.redis_server import RedisServer
 from services.triton.server import TritonServer, TritonSettings
 
 SWITCHYARD = [sys.executable, "-m", "services.cli"]
@@ -44,13 +44,6 @@ def tiny_build(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
-
-
 def triton_settings(repository: Path, **overrides: Any) -> TritonSettings:
     """Settings for a Triton on free loopback ports."""
     return TritonSettings(
@@ -71,42 +64,6 @@ def triton(tiny_build: Path) -> Iterator[TritonServer]:
         yield server
     finally:
         server.stop()
-
-
-class RedisServer:
-    """A real redis-server on a free loopback port, in its own folder."""
-
-    def __init__(self, directory: Path) -> None:
-        self.port = free_port()
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-        self._directory = directory
-        self._process: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        self._process = subprocess.Popen(
-            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1",
-             "--save", "", "--appendonly", "no", "--dir", str(self._directory)],
-            stdout=subprocess.DEVNULL,
-        )  # fmt: skip
-        client = redis.Redis(port=self.port)
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                client.ping()
-                return
-            except redis.ConnectionError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.05)
-
-    def client(self) -> redis.Redis:
-        return redis.Redis(port=self.port)
-
-    def stop(self) -> None:
-        if self._process is not None:
-            self._process.terminate()
-            self._process.wait(10)
-            self._process = None
 
 
 @pytest.fixture(scope="session")

@@ -95,7 +95,6 @@ class BatchSummary:
     misses_removed: int = 0
     labelling_seconds: float = 0.0
     seconds: float = 0.0
-    device: str = ""
 
     @property
     def rows_per_second(self) -> float:
@@ -230,7 +229,6 @@ def _label_into(
     from services.batch.labeller import TeacherLabeller
 
     labeller = TeacherLabeller(teacher, settings.batch_size)
-    summary.device = labeller.device
     # Similar lengths in one chunk keep padding, and so teacher time, low.
     todo = sorted(todo, key=lambda digest: len(mine[digest]))
     progress = tqdm(
@@ -256,7 +254,7 @@ def _label_into(
                             model=teacher.model_name,
                             model_version=teacher.version,
                             created_at=now,
-                        ),
+                        ).to_json(),
                     )
                     for digest, result in zip(chunk, labelled, strict=True)
                 ],

@@ -2,7 +2,6 @@
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import cast
 
 import numpy as np
 import torch
@@ -29,12 +28,7 @@ class TeacherLabeller:
         self._model, self._tokenizer = load_classifier(info.model_dir)
         if torch.cuda.is_available():
             torch.nn.Module.to(self._model, "cuda")
-        id2label = cast(dict[int, str], self._model.config.id2label)
-        self.labels: list[str] = [id2label[i] for i in range(len(id2label))]
-
-    @property
-    def device(self) -> str:
-        return str(next(self._model.parameters()).device)
+        self._labels = info.labels
 
     def label(self, texts: Sequence[str]) -> list[Labelled]:
         logits = predict_logits(
@@ -44,8 +38,10 @@ class TeacherLabeller:
         probabilities = shifted / shifted.sum(axis=1, keepdims=True)
         return [
             Labelled(
-                label=self.labels[int(row.argmax())],
-                scores={name: round(float(p), 6) for name, p in zip(self.labels, row, strict=True)},
+                label=self._labels[int(row.argmax())],
+                scores={
+                    name: round(float(p), 6) for name, p in zip(self._labels, row, strict=True)
+                },
             )
             for row in probabilities
         ]

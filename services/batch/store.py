@@ -9,6 +9,7 @@ costs a fraction of the client-side work of pipelined SETs.
 
 import enum
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -19,7 +20,6 @@ from services.batch.errors import BatchError
 from services.batch.inputs import TextSet
 from services.cache_schema import (
     GENERATIONS_CHANNEL,
-    CachedPrediction,
     batch_run_key,
     generation_key,
     generation_meta_key,
@@ -35,6 +35,7 @@ __all__ = ["FlipOutcome", "GenerationStore", "RunState", "connect"]
 # keep each call far below a millisecond of Redis time so readers never wait behind it.
 _CHUNK = 1000
 _MISSES_PAGE = 10_000
+_WRITERS = 2
 
 _CLAIM = """
 if redis.call('HEXISTS', KEYS[1], 'finished_at') == 1 then
@@ -193,13 +194,19 @@ class GenerationStore:
             absent.extend(chunk[index] for index in self._missing(keys=keys))
         return absent
 
-    def write(self, generation: str, predictions: Sequence[tuple[str, CachedPrediction]]) -> None:
-        """Store (digest, prediction) pairs in `generation`, each with the run's TTL."""
-        for chunk in _chunks(predictions, _CHUNK):
+    def write(self, generation: str, values: Sequence[tuple[str, str]]) -> None:
+        """Store (digest, CachedPrediction JSON) pairs in `generation`, with the run's TTL."""
+
+        def write_chunk(chunk: Sequence[tuple[str, str]]) -> None:
             self._write(
                 keys=[prediction_key_for_hash(self._namespace, generation, d) for d, _ in chunk],
-                args=[prediction.to_json() for _, prediction in chunk] + [self._ttl_seconds],
+                args=[value for _, value in chunk] + [self._ttl_seconds],
             )
+
+        # Two calls in flight: one chunk is packed here while Redis runs the other, which
+        # nearly doubles the rate of a single caller (the socket wait releases the GIL).
+        with ThreadPoolExecutor(_WRITERS) as pool:
+            list(pool.map(write_chunk, _chunks(values, _CHUNK)))
 
     def finish_shard(
         self,

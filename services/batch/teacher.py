@@ -23,6 +23,7 @@ class TeacherInfo:
     base_model: str
     version: str
     max_length: int
+    labels: list[str]
 
     @property
     def model_name(self) -> str:
@@ -42,6 +43,8 @@ class TeacherInfo:
         teacher_dir = build_dir / "work" / task / "teacher"
         info = json.loads((teacher_dir / "teacher.json").read_text(encoding="utf-8"))
         stage = json.loads((teacher_dir / "_stage.json").read_text(encoding="utf-8"))
+        config = json.loads((teacher_dir / "model" / "config.json").read_text(encoding="utf-8"))
+        id2label = config["id2label"]
         if "max_length" not in info:
             raise BatchError(
                 f"the teacher in {teacher_dir} predates the batch job; rebuild it with "
@@ -54,4 +57,5 @@ class TeacherInfo:
             # The stage fingerprint changes whenever the teacher's data or training changes.
             version=stage["fingerprint"],
             max_length=info["max_length"],
+            labels=[id2label[str(index)] for index in range(len(id2label))],
         )

@@ -1,0 +1,142 @@
+"""The offline batch job's two rates: teacher rows/s and Redis keys/s, against their baselines.
+
+    python -m bench.batch_job --build build [--task topic] [--keys 100000] [--rows 512]
+
+Starts its own redis-server on a free loopback port. The write baseline is what any Python
+job would do: pipelined SETs with a TTL, 1000 per round trip, with values of the same size.
+The job's writer (script calls of 1000 keys, two in flight) runs on the same server in the
+same run, rounds alternating; so do the verification pass and the JSON encoding of a
+prediction. The teacher is timed on real texts of the task, model load excluded. The job is
+bound by writing only if its keys/s fall below the teacher's rows/s.
+"""
+
+import json
+import os
+import platform
+import tempfile
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import redis
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from services.batch.labeller import TeacherLabeller
+from services.batch.store import GenerationStore
+from services.batch.teacher import TeacherInfo
+from services.cache_schema import CachedPrediction, text_hash
+from services.pipeline.datasets import load_task
+from services.redis_server import RedisServer
+from services.text import normalize_text
+
+_TTL_SECONDS = 3600
+_PIPELINE_CHUNK = 1000
+_ROUNDS = 3
+
+
+def _values(count: int, labels: list[str]) -> list[tuple[str, str]]:
+    """(digest, CachedPrediction JSON) pairs as the job writes them."""
+    share = round(1 / len(labels), 6)
+    scores = dict.fromkeys(labels, share)
+    now = time.time()
+    prediction = CachedPrediction(labels[0], scores, "bench-teacher", "1", now)
+    return [(text_hash(f"query {i}"), prediction.to_json()) for i in range(count)]
+
+
+def _serialisations_per_second(count: int, labels: list[str]) -> float:
+    scores = {label: 1 / len(labels) for label in labels}
+    started = time.perf_counter()
+    for _ in range(count):
+        CachedPrediction(labels[0], scores, "bench-teacher", "1", time.time()).to_json()
+    return count / (time.perf_counter() - started)
+
+
+def _pipelined_sets_per_second(client: "redis.Redis", values: list[tuple[str, str]]) -> float:
+    started = time.perf_counter()
+    for start in range(0, len(values), _PIPELINE_CHUNK):
+        pipeline = client.pipeline(transaction=False)
+        for key, value in values[start : start + _PIPELINE_CHUNK]:
+            pipeline.set(f"plain:{key}", value, ex=_TTL_SECONDS)
+        pipeline.execute()
+    return len(values) / (time.perf_counter() - started)
+
+
+def _writer_per_second(
+    store: GenerationStore, generation: str, values: list[tuple[str, str]]
+) -> float:
+    started = time.perf_counter()
+    store.write(generation, values)
+    return len(values) / (time.perf_counter() - started)
+
+
+def _teacher_rows_per_second(info: TeacherInfo, rows: int) -> float:
+    texts = [normalize_text(e.text) for e in load_task(info.task).examples[:rows]]
+    labeller = TeacherLabeller(info, batch_size=32)
+    labeller.label(texts[:32])  # warm-up
+    started = time.perf_counter()
+    labeller.label(texts)
+    return len(texts) / (time.perf_counter() - started)
+
+
+def main(
+    build: Annotated[Path, typer.Option(help="Build folder of `switchyard models build`.")],
+    task: Annotated[str, typer.Option(help="Task whose teacher is timed.")] = "topic",
+    keys: Annotated[int, typer.Option(help="Keys written per write measurement.")] = 100_000,
+    rows: Annotated[int, typer.Option(help="Texts the teacher labels.")] = 512,
+    out: Annotated[Path | None, typer.Option(help="Write results JSON here.")] = None,
+) -> None:
+    info = TeacherInfo.read(build, task)
+    values = _values(keys, info.labels)
+    with tempfile.TemporaryDirectory() as scratch, RedisServer(Path(scratch)) as server:
+        client = server.client()
+        store = GenerationStore(client, "bench", _TTL_SECONDS)
+        # Alternate the two writers and keep each one's best round: the 2 cores are shared.
+        baseline = writer = 0.0
+        for round_ in range(_ROUNDS):
+            baseline = max(baseline, _pipelined_sets_per_second(client, values))
+            writer = max(writer, _writer_per_second(store, f"g{round_}", values))
+            client.flushdb()
+        store.write("g", values)
+        started = time.perf_counter()
+        absent = store.missing("g", [digest for digest, _ in values])
+        verify = keys / (time.perf_counter() - started)
+        if absent:
+            raise SystemExit(f"the writer lost {len(absent)} keys")
+    serialise = _serialisations_per_second(keys, info.labels)
+    # The teacher runs last: torch's worker threads would otherwise share the cores.
+    teacher = _teacher_rows_per_second(info, rows)
+    results: dict[str, Any] = {
+        "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count()},
+        "keys": keys,
+        "value_bytes": len(values[0][1]),
+        "pipelined_sets_keys_per_s": baseline,
+        "writer_keys_per_s": writer,
+        "writer_vs_pipelined_sets": writer / baseline,
+        "verify_keys_per_s": verify,
+        "serialise_per_s": serialise,
+        "teacher": {
+            "task": task,
+            "base_model": info.base_model,
+            "rows": rows,
+            "rows_per_s": teacher,
+        },
+        "writer_vs_teacher": writer / teacher,
+    }
+    table = Table(title=f"batch job rates ({keys} keys, {results['value_bytes']} B values)")
+    for column in ("what", "rate", "vs baseline"):
+        table.add_column(column, justify="left" if column == "what" else "right")
+    table.add_row("pipelined SETs (baseline)", f"{baseline:,.0f} keys/s", "1.00x")
+    table.add_row("batch job writer", f"{writer:,.0f} keys/s", f"{writer / baseline:.2f}x")
+    table.add_row("batch job verify", f"{verify:,.0f} keys/s", f"{verify / baseline:.2f}x")
+    table.add_row("CachedPrediction.to_json", f"{serialise:,.0f} values/s", "")
+    table.add_row(f"teacher {info.base_model} ({task})", f"{teacher:,.1f} rows/s", "")
+    Console(width=100).print(table)
+    print(f"writing is {writer / teacher:,.0f}x faster than the teacher labels")
+    if out is not None:
+        out.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+
+
+if __name__ == "__main__":
+    typer.run(main)
