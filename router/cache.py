@@ -21,6 +21,7 @@ from services.cache_schema import (
     GENERATIONS_CHANNEL,
     CachedPrediction,
     generation_key,
+    generation_meta_key,
     misses_seen_key,
     misses_stream_key,
     prediction_key,
@@ -74,10 +75,31 @@ class PredictionCache:
         self._stream_max_len = stream_max_len
         self._poll_s = poll_s
         self._generations: dict[str, str] = {}
+        self._created_at: dict[str, float] = {}
         self._tasks: list[asyncio.Task[None]] = []
 
     def generation(self, namespace: str) -> str | None:
         return self._generations.get(namespace)
+
+    def generation_age(self, namespace: str) -> float:
+        """Seconds since the batch job started the current generation; NaN when unknown."""
+        created_at = self._created_at.get(namespace)
+        return float("nan") if created_at is None else time.time() - created_at
+
+    async def _switch(self, namespace: str, generation: str) -> None:
+        """Follow `generation`, and learn when it was made from its meta record."""
+        if self._generations.get(namespace) == generation and namespace in self._created_at:
+            return
+        if self._generations.get(namespace) != generation:
+            self._generations[namespace] = generation
+            self._created_at.pop(namespace, None)
+        created_at = await self._call(
+            "HGET meta",
+            self._timeout_s,
+            self._client.hget(generation_meta_key(namespace, generation), "created_at"),
+        )
+        if created_at is not None and self._generations.get(namespace) == generation:
+            self._created_at[namespace] = float(created_at)
 
     async def start(self) -> None:
         with contextlib.suppress(DependencyUnavailable):
@@ -117,7 +139,7 @@ class PredictionCache:
         )
         for namespace, value in zip(self._namespaces, values, strict=True):
             if value is not None:
-                self._generations[namespace] = value.decode()
+                await self._switch(namespace, value.decode())
 
     async def get_many(
         self, namespace: str, generation: str, texts: Sequence[str], timeout_s: float
@@ -191,7 +213,8 @@ class PredictionCache:
                         continue
                     namespace, _, generation = message["data"].decode().partition(" ")
                     if namespace in self._namespaces and generation:
-                        self._generations[namespace] = generation
+                        with contextlib.suppress(DependencyUnavailable):
+                            await self._switch(namespace, generation)
             except (RedisError, OSError) as exc:
                 _log.warning("generation announcements lost (%s); retrying", type(exc).__name__)
                 await asyncio.sleep(1.0)

@@ -55,6 +55,12 @@ class RouterMetrics:
             ["task"],
             registry=registry,
         )
+        self.generation_age = Gauge(
+            "switchyard_cache_generation_age_seconds",
+            "Age of the current cache generation (since its batch run started).",
+            ["task"],
+            registry=registry,
+        )
         self.dependency_up = Gauge(
             "switchyard_dependency_up",
             "1 when the dependency answers health checks.",

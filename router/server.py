@@ -3,6 +3,7 @@ Prometheus metrics, keep health honest, and shut down gracefully on SIGTERM or S
 
 import asyncio
 import contextlib
+import functools
 import logging
 import signal
 
@@ -78,6 +79,10 @@ async def serve(settings: RouterSettings, ready: asyncio.Event | None = None) ->
     )
     await student.load(sorted({task.model for task in settings.tasks.values()}))
     await cache.start()
+    for task, task_settings in settings.tasks.items():
+        metrics.generation_age.labels(task).set_function(
+            functools.partial(cache.generation_age, task_settings.cache_namespace)
+        )
     router = Router(settings, cache, student, metrics)
 
     server = grpc.aio.server(

@@ -374,6 +374,140 @@ def router_serve(
         raise _fail(f"router: {exc}".replace("\n", "; ")) from None
 
 
+@router_app.command("check")
+def router_check(
+    address: Annotated[str, typer.Option(help="Router address.")] = "127.0.0.1:50051",
+    service: Annotated[str, typer.Option(help="Health service name; empty for overall.")] = "",
+    timeout: Annotated[float, typer.Option(help="Deadline in seconds.")] = 2.0,
+) -> None:
+    """Exit 0 when the router's gRPC health check says SERVING (for container health checks)."""
+    from services.stack.health import router_serving
+
+    status = router_serving(address, service, timeout)
+    if status != "SERVING":
+        raise _fail(f"router at {address}: {status}")
+    print("SERVING")
+
+
+def _stack_settings(overrides: dict[str, Any]) -> Any:
+    from pydantic import ValidationError
+
+    from services.stack.stack import StackSettings
+
+    try:
+        return StackSettings(**{k: v for k, v in overrides.items() if v is not None})
+    except ValidationError as exc:
+        raise _fail(f"stack settings: {exc}".replace("\n", "; ")) from None
+
+
+@app.command("up")
+def stack_up(
+    build: Annotated[Path | None, typer.Option(help="Build folder [build].")] = None,
+    state_dir: Annotated[
+        Path | None, typer.Option(help="Pids, logs and configs [.switchyard].")
+    ] = None,
+    host: Annotated[str | None, typer.Option(help="Address to listen on [127.0.0.1].")] = None,
+    router_port: Annotated[int | None, typer.Option(help="Router gRPC [50051].")] = None,
+    router_metrics_port: Annotated[int | None, typer.Option(help="Router metrics [9464].")] = None,
+    triton_http_port: Annotated[int | None, typer.Option(help="Triton HTTP [8000].")] = None,
+    triton_grpc_port: Annotated[int | None, typer.Option(help="Triton gRPC [8001].")] = None,
+    triton_metrics_port: Annotated[int | None, typer.Option(help="Triton metrics [8002].")] = None,
+    redis_port: Annotated[int | None, typer.Option(help="Redis [6379].")] = None,
+    prometheus_port: Annotated[int | None, typer.Option(help="Prometheus [9090].")] = None,
+) -> None:
+    """Start Redis, Triton, the router, a first batch run and Prometheus (if installed)."""
+    from services.stack.stack import StackError, up
+
+    settings = _stack_settings(
+        {
+            "build_dir": build,
+            "state_dir": state_dir,
+            "host": host,
+            "router_port": router_port,
+            "router_metrics_port": router_metrics_port,
+            "triton_http_port": triton_http_port,
+            "triton_grpc_port": triton_grpc_port,
+            "triton_metrics_port": triton_metrics_port,
+            "redis_port": redis_port,
+            "prometheus_port": prometheus_port,
+        }
+    )
+    console = Console(soft_wrap=True)
+    try:
+        processes = up(settings, lambda line: console.print(line, highlight=False))
+    except StackError as exc:
+        raise _fail(str(exc)) from None
+    table = Table(title="Switchyard is up")
+    for column in ("service", "address", "pid", "log"):
+        table.add_column(column)
+    for process in processes:
+        table.add_row(process.name, process.address, str(process.pid), process.log)
+    console.print(table)
+    console.print(
+        f"metrics: router http://{settings.host}:{settings.router_metrics_port}/metrics, "
+        f"triton http://{settings.host}:{settings.triton_metrics_port}/metrics. "
+        "Try `switchyard demo`; stop with `switchyard down`.",
+        highlight=False,
+    )
+
+
+@app.command("down")
+def stack_down(
+    state_dir: Annotated[
+        Path | None, typer.Option(help="State folder of `up` [.switchyard].")
+    ] = None,
+) -> None:
+    """Stop everything `switchyard up` started."""
+    from services.stack.stack import down
+
+    console = Console(soft_wrap=True)
+    stopped = down(
+        _stack_settings({"state_dir": state_dir}),
+        lambda line: console.print(line, highlight=False),
+    )
+    console.print("switchyard is down" if stopped else "nothing was running")
+
+
+@app.command("demo")
+def stack_demo(
+    address: Annotated[str | None, typer.Option(help="Router address [from `up`].")] = None,
+    state_dir: Annotated[
+        Path | None, typer.Option(help="State folder of `up` [.switchyard].")
+    ] = None,
+    timeout: Annotated[float, typer.Option(help="Deadline per request in seconds.")] = 5.0,
+) -> None:
+    """Send a few requests of each route to the router and print answers, routes and latencies."""
+    import grpc
+
+    from services.stack.demo import run_demo
+    from services.stack.processes import StateFile
+
+    settings = _stack_settings({"state_dir": state_dir})
+    if address is None:
+        routers = [p for p in StateFile(settings.state_dir).load() if p.name == "router"]
+        if not routers or not routers[0].alive():
+            raise _fail("no running stack found; run `switchyard up` first, or pass --address")
+        address = routers[0].address
+    try:
+        answers = run_demo(address, settings.queries_dir, timeout)
+    except grpc.RpcError as exc:
+        raise _fail(f"router at {address}: {exc.code().name}: {exc.details()}") from None
+    table = Table(title=f"switchyard demo ({address})")
+    for column in ("task", "text", "label", "score", "route", "server ms", "client ms"):
+        table.add_column(column, justify="right" if "ms" in column or column == "score" else "left")
+    for answer in answers:
+        table.add_row(
+            answer.task,
+            answer.text if len(answer.text) <= 44 else answer.text[:41] + "...",
+            answer.label,
+            f"{answer.score:.3f}",
+            answer.route,
+            f"{answer.server_ms:.2f}",
+            f"{answer.client_ms:.2f}",
+        )
+    Console(width=120).print(table)
+
+
 @app.command("predict")
 def predict(
     texts: Annotated[list[str], typer.Argument(help="Texts to classify.")],

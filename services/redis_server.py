@@ -22,12 +22,14 @@ class RedisServer:
         self._directory = directory
         self._process: subprocess.Popen[bytes] | None = None
 
+    def command(self) -> list[str]:
+        return [
+            "redis-server", "--port", str(self.port), "--bind", self.host,
+            "--save", "", "--appendonly", "no", "--dir", str(self._directory),
+        ]  # fmt: skip
+
     def start(self, timeout_s: float = 10.0) -> None:
-        self._process = subprocess.Popen(
-            ["redis-server", "--port", str(self.port), "--bind", self.host,
-             "--save", "", "--appendonly", "no", "--dir", str(self._directory)],
-            stdout=subprocess.DEVNULL,
-        )  # fmt: skip
+        self._process = subprocess.Popen(self.command(), stdout=subprocess.DEVNULL)
         client = self.client()
         deadline = time.monotonic() + timeout_s
         while True:

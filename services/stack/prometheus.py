@@ -1,0 +1,31 @@
+"""Prometheus for the local stack: the scrape config written for the ports `up` chose.
+
+The jobs and rules are the same as in docker-compose (services/monitoring/prometheus), so the
+recording rules, alerts and the Grafana dashboard work unchanged on either.
+"""
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+__all__ = ["ROUTER_JOB", "RULES_DIR", "TRITON_JOB", "local_config"]
+
+ROUTER_JOB = "switchyard-router"
+TRITON_JOB = "triton"
+RULES_DIR = Path(__file__).resolve().parents[1] / "monitoring" / "prometheus" / "rules"
+
+
+def local_config(host: str, router_metrics: int, triton_metrics: int, interval_s: float) -> str:
+    config: dict[str, Any] = {
+        "global": {
+            "scrape_interval": f"{interval_s:g}s",
+            "evaluation_interval": f"{interval_s:g}s",
+        },
+        "rule_files": [str(RULES_DIR / "*.yml")],
+        "scrape_configs": [
+            {"job_name": ROUTER_JOB, "static_configs": [{"targets": [f"{host}:{router_metrics}"]}]},
+            {"job_name": TRITON_JOB, "static_configs": [{"targets": [f"{host}:{triton_metrics}"]}]},
+        ],
+    }
+    return yaml.safe_dump(config, sort_keys=False)

@@ -1,0 +1,230 @@
+"""`switchyard up` and `switchyard down`: Redis, Triton, the router, a first batch run and
+(when installed) Prometheus, on loopback, started in dependency order and stopped in reverse.
+
+`up` refuses to start while a recorded stack is alive, checks every port before starting
+anything, and stops what it started if a later step fails, so it never leaves half a stack.
+"""
+
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import yaml
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+from redis.exceptions import RedisError
+
+from services.redis_server import RedisServer
+from services.stack.health import http_ok, router_serving
+from services.stack.processes import ManagedProcess, StateFile, spawn, stop
+from services.stack.prometheus import local_config
+
+__all__ = ["StackError", "StackSettings", "down", "up"]
+
+_REPOSITORY_ROOT = Path(__file__).resolve().parents[2]
+TASKS = ("topic", "sentiment")
+
+
+class StackError(Exception):
+    """A problem the user can fix (port in use, stack already running); one line."""
+
+
+class StackSettings(BaseSettings):
+    """Where the local stack lives and listens; SWITCHYARD_STACK_<NAME> overrides any value."""
+
+    model_config = SettingsConfigDict(env_prefix="SWITCHYARD_STACK_", frozen=True)
+
+    state_dir: Path = Path(".switchyard")
+    build_dir: Path = Path("build")
+    host: str = "127.0.0.1"
+    router_port: int = Field(50051, gt=0, lt=65536)
+    router_metrics_port: int = Field(9464, gt=0, lt=65536)
+    triton_http_port: int = Field(8000, gt=0, lt=65536)
+    triton_grpc_port: int = Field(8001, gt=0, lt=65536)
+    triton_metrics_port: int = Field(8002, gt=0, lt=65536)
+    redis_port: int = Field(6379, gt=0, lt=65536)
+    prometheus_port: int = Field(9090, gt=0, lt=65536)
+    scrape_interval_seconds: float = Field(5.0, gt=0)
+    ready_timeout_seconds: float = Field(180.0, gt=0)
+    stop_grace_seconds: float = Field(15.0, gt=0)
+    queries_dir: Path = _REPOSITORY_ROOT / "services" / "stack" / "queries"
+    router_config: Path = _REPOSITORY_ROOT / "router" / "config.yaml"
+
+    def ports(self) -> dict[str, int]:
+        return {
+            "router gRPC": self.router_port,
+            "router metrics": self.router_metrics_port,
+            "triton HTTP": self.triton_http_port,
+            "triton gRPC": self.triton_grpc_port,
+            "triton metrics": self.triton_metrics_port,
+            "redis": self.redis_port,
+            "prometheus": self.prometheus_port,
+        }
+
+
+def _switchyard(*args: str) -> list[str]:
+    return [sys.executable, "-m", "services.cli", *args]
+
+
+def _check_ports(settings: StackSettings, with_prometheus: bool) -> None:
+    ports = settings.ports()
+    if not with_prometheus:
+        del ports["prometheus"]
+    if len(set(ports.values())) < len(ports):
+        raise StackError(f"two services share a port: {ports}")
+    for name, port in ports.items():
+        with socket.socket() as probe:
+            # As the servers do: a closed connection lingering in TIME_WAIT is no conflict.
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind((settings.host, port))
+            except OSError:
+                raise StackError(
+                    f"port {port} ({name}) on {settings.host} is in use; stop what holds it or "
+                    f"choose another with the matching --*-port option"
+                ) from None
+
+
+def _wait(process: ManagedProcess, ready: Callable[[], bool], timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not ready():
+        if not process.alive():
+            raise StackError(f"{process.name} exited while starting; see {process.log}")
+        if time.monotonic() > deadline:
+            raise StackError(f"{process.name} not ready after {timeout_s:.0f} s; see {process.log}")
+        time.sleep(0.2)
+
+
+def _ensure_models(settings: StackSettings, say: Callable[[str], None]) -> Path:
+    repository = settings.build_dir / "model_repository"
+    if all((repository / task / "config.pbtxt").is_file() for task in TASKS):
+        return repository
+    say(f"no models in {settings.build_dir}: building the quick profile first (about 6 min)")
+    build = _switchyard("models", "build", "--profile", "quick", "--out", str(settings.build_dir))
+    if subprocess.run(build, check=False).returncode != 0:
+        raise StackError("the model build failed; see its output above")
+    return repository
+
+
+def _router_config(settings: StackSettings, repository: Path) -> Path:
+    config = yaml.safe_load(settings.router_config.read_text(encoding="utf-8"))
+    config.update(
+        model_repository=str(repository.resolve()),
+        redis_url=f"redis://{settings.host}:{settings.redis_port}/0",
+        triton_url=f"{settings.host}:{settings.triton_grpc_port}",
+        host=settings.host,
+        grpc_port=settings.router_port,
+        metrics_port=settings.router_metrics_port,
+    )
+    path = settings.state_dir / "router.yaml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
+    return path
+
+
+def up(settings: StackSettings, say: Callable[[str], None]) -> list[ManagedProcess]:
+    """Start the stack; returns its processes. StackError (nothing left running) on failure."""
+    state = StateFile(settings.state_dir)
+    running = [p for p in state.load() if p.alive()]
+    if running:
+        pids = ", ".join(f"{p.name} {p.pid}" for p in running)
+        raise StackError(f"a stack is already running ({pids}); run `switchyard down` first")
+    prometheus = shutil.which("prometheus")
+    _check_ports(settings, with_prometheus=prometheus is not None)
+    repository = _ensure_models(settings, say)
+    settings.state_dir.mkdir(parents=True, exist_ok=True)
+    logs = settings.state_dir / "logs"
+    host, timeout = settings.host, settings.ready_timeout_seconds
+    started: list[ManagedProcess] = []
+
+    def start(name: str, command: list[str], address: str, ready: Callable[[], bool]) -> None:
+        process = spawn(name, command, address, logs / f"{name}.log")
+        started.append(process)
+        state.save(started)
+        _wait(process, ready, timeout)
+        say(f"{name} ready on {address} (pid {process.pid})")
+
+    try:
+        redis_dir = settings.state_dir / "redis"
+        redis_dir.mkdir(exist_ok=True)
+        redis = RedisServer(redis_dir, settings.redis_port, host)
+        start("redis", redis.command(), redis.url, lambda: _redis_ready(redis))
+        triton = _switchyard(
+            "triton", "serve", "--repository", str(repository), "--host", host,
+            "--grpc-port", str(settings.triton_grpc_port),
+            "--http-port", str(settings.triton_http_port),
+            "--metrics-port", str(settings.triton_metrics_port),
+        )  # fmt: skip
+        triton_ready = f"http://{host}:{settings.triton_http_port}/v2/health/ready"
+        triton_address = f"{host}:{settings.triton_grpc_port}"
+        start("triton", triton, triton_address, lambda: http_ok(triton_ready))
+        router_address = f"{host}:{settings.router_port}"
+        router_config = _router_config(settings, repository)
+        router = _switchyard("router", "serve", "--config", str(router_config))
+        start("router", router, router_address, lambda: router_serving(router_address) == "SERVING")
+        for task in TASKS:
+            _first_batch(settings, task, redis.url, say)
+        if prometheus is not None:
+            config = settings.state_dir / "prometheus.yml"
+            config.write_text(
+                local_config(
+                    host,
+                    settings.router_metrics_port,
+                    settings.triton_metrics_port,
+                    settings.scrape_interval_seconds,
+                ),
+                encoding="utf-8",
+            )
+            address = f"{host}:{settings.prometheus_port}"
+            command = [
+                prometheus, f"--config.file={config}", f"--web.listen-address={address}",
+                f"--storage.tsdb.path={settings.state_dir / 'prometheus'}",
+            ]  # fmt: skip
+            start("prometheus", command, address, lambda: http_ok(f"http://{address}/-/ready"))
+        else:
+            say("prometheus is not installed: metrics stay on the router's and Triton's ports")
+    except BaseException:
+        for process in reversed(started):
+            stop(process, settings.stop_grace_seconds)
+        state.remove()
+        raise
+    return started
+
+
+def _redis_ready(redis: RedisServer) -> bool:
+    try:
+        return bool(redis.client().ping())
+    except (RedisError, OSError):
+        return False
+
+
+def _first_batch(
+    settings: StackSettings, task: str, redis_url: str, say: Callable[[str], None]
+) -> None:
+    """Fill the cache with the teacher's answers to the shipped sample queries."""
+    queries = settings.queries_dir / f"{task}.jsonl"
+    command = _switchyard(
+        "batch", "run", "--task", task, "--input", str(queries), "--build",
+        str(settings.build_dir), "--redis-url", redis_url, "--no-progress",
+        "--metrics-file", str(settings.state_dir / "metrics" / f"batch-{task}.prom"),
+    )  # fmt: skip
+    result = subprocess.run(command, capture_output=True, text=True, check=False)
+    if result.returncode != 0:
+        raise StackError(f"the first batch run of {task} failed: {result.stderr.strip()}")
+    say(f"cache filled for {task} from {queries.name}")
+
+
+def down(settings: StackSettings, say: Callable[[str], None]) -> list[ManagedProcess]:
+    """Stop every recorded server, last started first; returns those that were running."""
+    state = StateFile(settings.state_dir)
+    processes = state.load()
+    stopped = [p for p in processes if p.alive()]
+    for process in reversed(processes):
+        stop(process, settings.stop_grace_seconds)
+        if process in stopped:
+            say(f"{process.name} stopped (pid {process.pid})")
+    state.remove()
+    return stopped
