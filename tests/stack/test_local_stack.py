@@ -74,6 +74,14 @@ def test_up_starts_every_service_and_refuses_a_second_up(stack: Stack, tiny_buil
     assert [p.pid for p in StateFile(stack.state_dir).load()] == [p.pid for p in processes]
 
 
+def test_router_check_reports_health_for_container_probes(stack: Stack) -> None:
+    assert run_switchyard("router", "check", "--address", stack.router).stdout.strip() == "SERVING"
+    dead = f"127.0.0.1:{free_port()}"
+    result = run_switchyard("router", "check", "--address", dead, "--timeout", "1", check=False)
+    assert result.returncode == 2
+    assert f"router at {dead}: UNAVAILABLE" in result.stderr
+
+
 def test_demo_answers_from_both_routes(stack: Stack) -> None:
     result = run_switchyard("demo", "--state-dir", str(stack.state_dir))
     lines = result.stdout.splitlines()
