@@ -36,7 +36,7 @@ _PIPELINE_CHUNK = 1000
 _ROUNDS = 3
 
 
-def _values(count: int, labels: list[str]) -> list[tuple[str, str]]:
+def prediction_values(count: int, labels: list[str]) -> list[tuple[str, str]]:
     """(digest, CachedPrediction JSON) pairs as the job writes them."""
     share = round(1 / len(labels), 6)
     scores = dict.fromkeys(labels, share)
@@ -45,7 +45,7 @@ def _values(count: int, labels: list[str]) -> list[tuple[str, str]]:
     return [(text_hash(f"query {i}"), prediction.to_json()) for i in range(count)]
 
 
-def _serialisations_per_second(count: int, labels: list[str]) -> float:
+def serialisations_per_second(count: int, labels: list[str]) -> float:
     scores = {label: 1 / len(labels) for label in labels}
     started = time.perf_counter()
     for _ in range(count):
@@ -53,7 +53,7 @@ def _serialisations_per_second(count: int, labels: list[str]) -> float:
     return count / (time.perf_counter() - started)
 
 
-def _pipelined_sets_per_second(client: "redis.Redis", values: list[tuple[str, str]]) -> float:
+def pipelined_sets_per_second(client: "redis.Redis", values: list[tuple[str, str]]) -> float:
     started = time.perf_counter()
     for start in range(0, len(values), _PIPELINE_CHUNK):
         pipeline = client.pipeline(transaction=False)
@@ -63,7 +63,7 @@ def _pipelined_sets_per_second(client: "redis.Redis", values: list[tuple[str, st
     return len(values) / (time.perf_counter() - started)
 
 
-def _writer_per_second(
+def writer_per_second(
     store: GenerationStore, generation: str, values: list[tuple[str, str]]
 ) -> float:
     started = time.perf_counter()
@@ -71,7 +71,7 @@ def _writer_per_second(
     return len(values) / (time.perf_counter() - started)
 
 
-def _teacher_rows_per_second(info: TeacherInfo, rows: int) -> float:
+def teacher_rows_per_second(info: TeacherInfo, rows: int) -> float:
     texts = [normalize_text(e.text) for e in load_task(info.task).examples[:rows]]
     labeller = TeacherLabeller(info, batch_size=32)
     labeller.label(texts[:32])  # warm-up
@@ -88,15 +88,15 @@ def main(
     out: Annotated[Path | None, typer.Option(help="Write results JSON here.")] = None,
 ) -> None:
     info = TeacherInfo.read(build, task)
-    values = _values(keys, info.labels)
+    values = prediction_values(keys, info.labels)
     with tempfile.TemporaryDirectory() as scratch, RedisServer(Path(scratch)) as server:
         client = server.client()
         store = GenerationStore(client, "bench", _TTL_SECONDS)
         # Alternate the two writers and keep each one's best round: the 2 cores are shared.
         baseline = writer = 0.0
         for round_ in range(_ROUNDS):
-            baseline = max(baseline, _pipelined_sets_per_second(client, values))
-            writer = max(writer, _writer_per_second(store, f"g{round_}", values))
+            baseline = max(baseline, pipelined_sets_per_second(client, values))
+            writer = max(writer, writer_per_second(store, f"g{round_}", values))
             client.flushdb()
         store.write("g", values)
         started = time.perf_counter()
@@ -104,9 +104,9 @@ def main(
         verify = keys / (time.perf_counter() - started)
         if absent:
             raise SystemExit(f"the writer lost {len(absent)} keys")
-    serialise = _serialisations_per_second(keys, info.labels)
+    serialise = serialisations_per_second(keys, info.labels)
     # The teacher runs last: torch's worker threads would otherwise share the cores.
-    teacher = _teacher_rows_per_second(info, rows)
+    teacher = teacher_rows_per_second(info, rows)
     results: dict[str, Any] = {
         "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count()},
         "keys": keys,

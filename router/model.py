@@ -104,7 +104,7 @@ class StudentClient:
             return False
         return all(ready)
 
-    def _encode(self, model: ServedModel, texts: Sequence[str]) -> list[InferInput]:
+    def encode(self, model: ServedModel, texts: Sequence[str]) -> list[InferInput]:
         encodings = model.tokenizer.encode_batch(list(texts))
         longest = max(len(e.ids) for e in encodings)
         index = bisect.bisect_left(self._buckets, longest)
@@ -136,7 +136,7 @@ class StudentClient:
             result = await asyncio.wait_for(
                 self._client.infer(
                     model.name,
-                    self._encode(model, texts),
+                    self.encode(model, texts),
                     model_version=model.version,
                     client_timeout=budget,
                 ),

@@ -508,6 +508,39 @@ def stack_demo(
     Console(width=120).print(table)
 
 
+@app.command("bench")
+def bench(
+    quick: Annotated[bool, typer.Option(help="Short phases (under 2 minutes in all).")] = False,
+    out: Annotated[Path, typer.Option(help="Results folder.")] = Path("bench-results"),
+    state_dir: Annotated[
+        Path | None, typer.Option(help="State folder of `up` [.switchyard].")
+    ] = None,
+    build: Annotated[Path | None, typer.Option(help="Build folder [build].")] = None,
+    report: Annotated[
+        Path | None, typer.Option(help="Also write the tables here (BENCHMARKS.md).")
+    ] = None,
+) -> None:
+    """Measure every route of the running stack against its floor and its alternatives."""
+    from bench.stack_bench import BenchOptions, run_bench
+
+    settings = _stack_settings({"state_dir": state_dir, "build_dir": build})
+    options = BenchOptions(
+        state_dir=settings.state_dir,
+        build_dir=settings.build_dir,
+        queries_dir=settings.queries_dir,
+        out_dir=out,
+        quick=quick,
+        report=report,
+    )
+    console = Console(soft_wrap=True)
+    try:
+        run_bench(options, lambda line: console.print(line, highlight=False))
+    except RuntimeError as exc:
+        raise _fail(str(exc)) from None
+    console.print((out / "results.md").read_text(encoding="utf-8"), highlight=False, markup=False)
+    console.print(f"results: {out / 'results.json'}, charts in {out}")
+
+
 @app.command("predict")
 def predict(
     texts: Annotated[list[str], typer.Argument(help="Texts to classify.")],
