@@ -124,7 +124,9 @@ class PredictionCache:
                 call.close()
             raise DependencyUnavailable("redis is unavailable (circuit open after failures)")
         try:
-            result = await asyncio.wait_for(call, min(timeout_s, self._timeout_s))
+            # asyncio.timeout, not wait_for: no extra task per call on the request path.
+            async with asyncio.timeout(min(timeout_s, self._timeout_s)):
+                result = await call
         except (RedisError, OSError, TimeoutError) as exc:
             self._breaker.record(ok=False)
             raise DependencyUnavailable(f"redis {operation} failed: {type(exc).__name__}") from exc

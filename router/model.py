@@ -133,15 +133,13 @@ class StudentClient:
         if budget <= 0:
             raise DeadlineExceeded("the deadline ran out before the model could be called")
         try:
-            result = await asyncio.wait_for(
-                self._client.infer(
+            async with asyncio.timeout(budget):
+                result = await self._client.infer(
                     model.name,
                     self.encode(model, texts),
                     model_version=model.version,
                     client_timeout=budget,
-                ),
-                budget,
-            )
+                )
         except TimeoutError:
             raise DeadlineExceeded(
                 f"the model did not answer within {budget * 1000:.0f} ms"
