@@ -12,6 +12,7 @@ server CPU per request (from /proc, via psutil) is reported beside the latencies
 """
 
 import asyncio
+import importlib.metadata
 import json
 import os
 import platform
@@ -45,6 +46,10 @@ from services.stack.processes import ManagedProcess, StateFile
 __all__ = ["BenchOptions", "run_bench"]
 
 _TASK = "topic"
+_VERSIONS_OF = (
+    "grpcio", "redis", "tritonclient", "nvidia-pytriton", "onnxruntime", "tokenizers", "torch",
+    "transformers",
+)  # fmt: skip
 
 
 _REPORT_HEADER = """# Benchmarks
@@ -311,6 +316,8 @@ def _markdown(results: dict[str, Any]) -> str:
         f"Python {machine['python']}, {'quick' if results['quick'] else 'full'} run, "
         f"{results['seconds_per_phase']:g} s per phase, task `{_TASK}`.",
         "",
+        "Versions: " + ", ".join(f"{k} {v}" for k, v in results["versions"].items()) + ".",
+        "",
         "| path | clients | calls | req/s | p50 ms | p95 ms | p99 ms "
         "| server CPU ms/req | client CPU ms/req | errors |",
         "|---|---|---|---|---|---|---|---|---|---|",
@@ -397,6 +404,7 @@ def run_bench(options: BenchOptions, say: Callable[[str], None]) -> dict[str, An
             "cores": os.cpu_count(),
             "python": platform.python_version(),
         },
+        "versions": {name: importlib.metadata.version(name) for name in _VERSIONS_OF},
         "rows": rows,
         "ratios": ratios,
         "batch": measured["batch"],
