@@ -416,7 +416,8 @@ def stack_up(
     prometheus_port: Annotated[int | None, typer.Option(help="Prometheus [9090].")] = None,
 ) -> None:
     """Start Redis, Triton, the router, a first batch run and Prometheus (if installed)."""
-    from services.stack.stack import StackError, up
+    from services.stack.errors import StackError
+    from services.stack.stack import up
 
     settings = _stack_settings(
         {
@@ -458,13 +459,17 @@ def stack_down(
     ] = None,
 ) -> None:
     """Stop everything `switchyard up` started."""
+    from services.stack.errors import StackError
     from services.stack.stack import down
 
     console = Console(soft_wrap=True)
-    stopped = down(
-        _stack_settings({"state_dir": state_dir}),
-        lambda line: console.print(line, highlight=False),
-    )
+    try:
+        stopped = down(
+            _stack_settings({"state_dir": state_dir}),
+            lambda line: console.print(line, highlight=False),
+        )
+    except StackError as exc:
+        raise _fail(str(exc)) from None
     console.print("switchyard is down" if stopped else "nothing was running")
 
 
@@ -480,11 +485,16 @@ def stack_demo(
     import grpc
 
     from services.stack.demo import run_demo
+    from services.stack.errors import StackError
     from services.stack.processes import StateFile
 
     settings = _stack_settings({"state_dir": state_dir})
     if address is None:
-        routers = [p for p in StateFile(settings.state_dir).load() if p.name == "router"]
+        try:
+            recorded = StateFile(settings.state_dir).load()
+        except StackError as exc:
+            raise _fail(str(exc)) from None
+        routers = [p for p in recorded if p.name == "router"]
         if not routers or not routers[0].alive():
             raise _fail("no running stack found; run `switchyard up` first, or pass --address")
         address = routers[0].address
@@ -522,6 +532,7 @@ def bench(
 ) -> None:
     """Measure every route of the running stack against its floor and its alternatives."""
     from bench.stack_bench import BenchOptions, run_bench
+    from services.stack.errors import StackError
 
     settings = _stack_settings({"state_dir": state_dir, "build_dir": build})
     options = BenchOptions(
@@ -535,7 +546,7 @@ def bench(
     console = Console(soft_wrap=True)
     try:
         run_bench(options, lambda line: console.print(line, highlight=False))
-    except RuntimeError as exc:
+    except (RuntimeError, StackError) as exc:
         raise _fail(str(exc)) from None
     console.print((out / "results.md").read_text(encoding="utf-8"), highlight=False, markup=False)
     console.print(f"results: {out / 'results.json'}, charts in {out}")

@@ -14,6 +14,8 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from services.stack.errors import StackError
+
 __all__ = ["ManagedProcess", "StateFile", "spawn", "stop"]
 
 
@@ -51,7 +53,10 @@ class StateFile:
     def load(self) -> list[ManagedProcess]:
         if not self.path.exists():
             return []
-        return [ManagedProcess(**item) for item in json.loads(self.path.read_text())]
+        try:
+            return [ManagedProcess(**item) for item in json.loads(self.path.read_text())]
+        except (ValueError, TypeError) as exc:
+            raise StackError(f"state file {self.path} is unreadable ({exc}); remove it") from None
 
     def save(self, processes: list[ManagedProcess]) -> None:
         partial = self.path.with_suffix(".partial")
@@ -91,5 +96,7 @@ def stop(process: ManagedProcess, grace_s: float) -> None:
     with contextlib.suppress(ProcessLookupError):
         # The rest of the group too: a child may outlive a leader that exited on SIGTERM.
         os.killpg(process.pid, signal.SIGKILL)
-    while process.alive():
+    # SIGKILL cannot be refused, only delayed (a process in uninterruptible I/O): bounded.
+    deadline = time.monotonic() + 5
+    while process.alive() and time.monotonic() < deadline:
         time.sleep(0.02)

@@ -19,6 +19,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from redis.exceptions import RedisError
 
 from services.redis_server import RedisServer
+from services.stack.errors import StackError
 from services.stack.health import http_ok, router_serving
 from services.stack.processes import ManagedProcess, StateFile, spawn, stop
 from services.stack.prometheus import local_config
@@ -27,10 +28,6 @@ __all__ = ["StackError", "StackSettings", "down", "up"]
 
 _REPOSITORY_ROOT = Path(__file__).resolve().parents[2]
 TASKS = ("topic", "sentiment")
-
-
-class StackError(Exception):
-    """A problem the user can fix (port in use, stack already running); one line."""
 
 
 class StackSettings(BaseSettings):

@@ -156,3 +156,12 @@ def test_a_port_in_use_is_a_clear_error(tiny_build: Path, tmp_path: Path) -> Non
     assert f"port {taken} (redis) on 127.0.0.1 is in use" in result.stderr
     assert not (tmp_path / "stack.json").exists()
     assert all(port_is_free(port) for name, port in ports.items() if name != "redis-port")
+
+
+def test_an_unreadable_state_file_is_a_clear_error(tmp_path: Path) -> None:
+    (tmp_path / "stack.json").write_text("{not json")
+    for command in (["down"], ["demo"]):
+        result = run_switchyard(*command, "--state-dir", str(tmp_path), check=False)
+        assert result.returncode == 2
+        assert "stack.json is unreadable" in result.stderr
+        assert "Traceback" not in result.stderr
