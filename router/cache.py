@@ -144,10 +144,16 @@ class PredictionCache:
                 await self._switch(namespace, value.decode())
 
     async def get_many(
-        self, namespace: str, generation: str, texts: Sequence[str], timeout_s: float
+        self,
+        namespace: str,
+        generation: str,
+        texts: Sequence[str],
+        labels: Sequence[str],
+        timeout_s: float,
     ) -> tuple[list[CachedPrediction | None], int]:
         """`generation`'s prediction for each text (None for a miss), and how many values were
-        malformed (a corrupted or foreign value is a miss, never an answer).
+        malformed: a corrupted value, or a foreign one whose labels are not the task's `labels`,
+        is a miss, never an answer.
 
         The caller passes the generation it read once, so one request never mixes two
         generations even when a flip lands while it is in flight.
@@ -158,12 +164,17 @@ class PredictionCache:
         values = await self._call("MGET", timeout_s, self._client.mget(keys))
         predictions: list[CachedPrediction | None] = []
         malformed = 0
+        expected = set(labels)
         for value in values:
             try:
-                predictions.append(None if value is None else CachedPrediction.from_json(value))
+                prediction = None if value is None else CachedPrediction.from_json(value)
             except ValueError:
+                prediction = None
                 malformed += 1
-                predictions.append(None)
+            if prediction is not None and prediction.scores.keys() != expected:
+                prediction = None
+                malformed += 1
+            predictions.append(prediction)
         return predictions, malformed
 
     async def queue_misses(self, namespace: str, texts: Sequence[str]) -> int:

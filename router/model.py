@@ -22,6 +22,18 @@ from router.errors import DeadlineExceeded, DependencyUnavailable
 
 __all__ = ["ModelAnswer", "ServedModel", "StudentClient"]
 
+_CHANNEL_ARGS = [
+    # grpc's default reconnect backoff grows to 120 s; a restarted Triton should get traffic
+    # again within a second.
+    ("grpc.initial_reconnect_backoff_ms", 200),
+    ("grpc.min_reconnect_backoff_ms", 200),
+    ("grpc.max_reconnect_backoff_ms", 1000),
+    ("grpc.max_send_message_length", 64 << 20),
+    ("grpc.max_receive_message_length", 64 << 20),
+    ("grpc.keepalive_time_ms", 10_000),
+    ("grpc.keepalive_timeout_ms", 5_000),
+]
+
 
 @dataclass(frozen=True)
 class ModelAnswer:
@@ -69,7 +81,7 @@ def _softmax(logits: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
 
 class StudentClient:
     def __init__(self, url: str, repository: Path, timeout_s: float, buckets: list[int]) -> None:
-        self._client = triton_aio.InferenceServerClient(url)
+        self._client = triton_aio.InferenceServerClient(url, channel_args=_CHANNEL_ARGS)
         self._repository = repository
         self._timeout_s = timeout_s
         self._buckets = sorted(buckets)

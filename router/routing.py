@@ -64,7 +64,9 @@ class Router:
     def task_settings(self, task: str) -> TaskSettings:
         if task not in self._settings.tasks:
             known = ", ".join(sorted(self._settings.tasks))
-            raise InvalidRequest(f"unknown task {task!r}; known tasks: {known}")
+            # Clipped: the status details travel in a header, and a name can be megabytes.
+            shown = task if len(task) <= 64 else f"{task[:64]}..."
+            raise InvalidRequest(f"unknown task {shown!r}; known tasks: {known}")
         return self._settings.tasks[task]
 
     def _validate(self, task: str, texts: Sequence[str], min_confidence: float) -> TaskSettings:
@@ -104,7 +106,11 @@ class Router:
         if policy is not Policy.MODEL_ONLY:
             try:
                 cached, malformed = await self._cache.get_many(
-                    settings.cache_namespace, generation, texts, self._remaining(deadline)
+                    settings.cache_namespace,
+                    generation,
+                    texts,
+                    self._student.models[settings.model].labels,
+                    self._remaining(deadline),
                 )
                 self._metrics.cache_malformed.labels(task).inc(malformed)
             except DependencyUnavailable:

@@ -13,12 +13,12 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import CollectorRegistry, start_http_server
 
-from router._generated.switchyard.v1 import router_pb2, router_pb2_grpc
+from router._generated.switchyard.v1 import router_pb2
 from router.cache import CircuitBreaker, PredictionCache
 from router.metrics import RouterMetrics
 from router.model import StudentClient
 from router.routing import Router
-from router.servicer import RouterServicer
+from router.servicer import RouterServicer, add_router_to_server
 from router.settings import RouterSettings
 
 __all__ = ["ROUTER_SERVICE", "serve"]
@@ -93,9 +93,7 @@ async def serve(settings: RouterSettings, ready: asyncio.Event | None = None) ->
         ],
         maximum_concurrent_rpcs=settings.max_concurrent_rpcs,
     )
-    router_pb2_grpc.add_RouterServicer_to_server(
-        RouterServicer(router, cache, student, metrics), server
-    )
+    add_router_to_server(RouterServicer(router, cache, student, metrics), server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
@@ -123,11 +121,14 @@ async def serve(settings: RouterSettings, ready: asyncio.Event | None = None) ->
     try:
         await stopping.wait()
     finally:
-        # Health first, so load balancers stop sending; then let in-flight requests finish.
+        # Health first, and keep serving while load balancers notice; then stop taking new
+        # requests and let in-flight ones finish.
         health_task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await health_task
         await health_servicer.enter_graceful_shutdown()
+        _log.info("NOT_SERVING; closing the port in %.1f s", settings.shutdown_delay_seconds)
+        await asyncio.sleep(settings.shutdown_delay_seconds)
         await server.stop(settings.shutdown_grace_seconds)
         await router.drain()
         await cache.close()

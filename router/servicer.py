@@ -7,11 +7,12 @@ goes through.
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import grpc
+from google.protobuf.message import DecodeError, Message
 
-from router._generated.switchyard.v1 import router_pb2, router_pb2_grpc
+from router._generated.switchyard.v1 import router_pb2
 from router.cache import PredictionCache
 from router.errors import (
     CacheMiss,
@@ -24,7 +25,7 @@ from router.metrics import RouterMetrics
 from router.model import StudentClient
 from router.routing import Answer, Policy, Route, Router
 
-__all__ = ["STATUS_OF", "RouterServicer"]
+__all__ = ["STATUS_OF", "RouterServicer", "add_router_to_server"]
 
 _log = logging.getLogger(__name__)
 
@@ -42,6 +43,19 @@ _POLICIES: dict[int, Policy] = {
 }
 _ROUTES = {Route.CACHE: router_pb2.ROUTE_CACHE, Route.MODEL: router_pb2.ROUTE_MODEL}
 Reply = TypeVar("Reply")
+Request = TypeVar("Request", bound=Message)
+
+
+def _parse(message_type: type[Request], raw: bytes) -> Request:
+    """Parse here rather than in grpc, whose own failure is an opaque UNKNOWN status."""
+    try:
+        request: Request = message_type.FromString(raw)
+    except DecodeError:
+        raise InvalidRequest(
+            f"the request is not a valid {message_type.DESCRIPTOR.full_name} message "
+            "(malformed protobuf, or a string that is not UTF-8)"
+        ) from None
+    return request
 
 
 def _policy(value: int) -> Policy:
@@ -73,7 +87,9 @@ def _route_label(answers: list[Answer]) -> str:
     return routes.pop() if len(routes) == 1 else "mixed"
 
 
-class RouterServicer(router_pb2_grpc.RouterServicer):
+class RouterServicer:
+    """The Router service of protos/switchyard/v1/router.proto; requests arrive as bytes."""
+
     def __init__(
         self,
         router: Router,
@@ -87,9 +103,11 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
         self._metrics = metrics
 
     async def Predict(
-        self, request: router_pb2.PredictRequest, context: grpc.aio.ServicerContext
+        self, raw: bytes, context: grpc.aio.ServicerContext
     ) -> router_pb2.PredictResponse:
-        async def answer(started: float) -> tuple[router_pb2.PredictResponse, str]:
+        async def answer(
+            request: router_pb2.PredictRequest, started: float
+        ) -> tuple[router_pb2.PredictResponse, str]:
             (result,) = await self._router.predict(
                 request.task,
                 [request.text],
@@ -99,12 +117,14 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
             )
             return _message(result, (time.perf_counter() - started) * 1000), result.route.value
 
-        return await self._observed("Predict", request.task, context, answer)
+        return await self._observed("Predict", router_pb2.PredictRequest, raw, context, answer)
 
     async def PredictBatch(
-        self, request: router_pb2.PredictBatchRequest, context: grpc.aio.ServicerContext
+        self, raw: bytes, context: grpc.aio.ServicerContext
     ) -> router_pb2.PredictBatchResponse:
-        async def answer(started: float) -> tuple[router_pb2.PredictBatchResponse, str]:
+        async def answer(
+            request: router_pb2.PredictBatchRequest, started: float
+        ) -> tuple[router_pb2.PredictBatchResponse, str]:
             results = await self._router.predict(
                 request.task,
                 list(request.texts),
@@ -118,12 +138,16 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
             )
             return reply, _route_label(results)
 
-        return await self._observed("PredictBatch", request.task, context, answer)
+        return await self._observed(
+            "PredictBatch", router_pb2.PredictBatchRequest, raw, context, answer
+        )
 
     async def ListTasks(
-        self, request: router_pb2.ListTasksRequest, context: grpc.aio.ServicerContext
+        self, raw: bytes, context: grpc.aio.ServicerContext
     ) -> router_pb2.ListTasksResponse:
-        async def answer(started: float) -> tuple[router_pb2.ListTasksResponse, str]:
+        async def answer(
+            request: router_pb2.ListTasksRequest, started: float
+        ) -> tuple[router_pb2.ListTasksResponse, str]:
             tasks = []
             for name in sorted(self._router.tasks()):
                 settings = self._router.task_settings(name)
@@ -141,22 +165,25 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
                 )
             return router_pb2.ListTasksResponse(tasks=tasks), "none"
 
-        return await self._observed("ListTasks", "", context, answer)
+        return await self._observed("ListTasks", router_pb2.ListTasksRequest, raw, context, answer)
 
     async def _observed(
         self,
         method: str,
-        task: str,
+        message_type: type[Request],
+        raw: bytes,
         context: grpc.aio.ServicerContext,
-        answer: Callable[[float], Awaitable[tuple[Reply, str]]],
+        answer: Callable[[Request, float], Awaitable[tuple[Reply, str]]],
     ) -> Reply:
-        """Run one RPC: map domain errors to status codes, record metrics in every case."""
+        """Run one RPC: parse, map domain errors to status codes, record metrics in every case."""
         started = time.perf_counter()
-        # Only configured task names become label values; anything else is "unknown".
-        task_label = task if task in self._router.tasks() or not task else "unknown"
-        route, code = "none", grpc.StatusCode.OK
+        task_label, route, code = "unknown", "none", grpc.StatusCode.OK
         try:
-            reply, route = await answer(started)
+            request = _parse(message_type, raw)
+            task: str = getattr(request, "task", "")
+            # Only configured task names become label values; anything else is "unknown".
+            task_label = task if task in self._router.tasks() or not task else "unknown"
+            reply, route = await answer(request, started)
             return reply
         except RouterError as exc:
             code = STATUS_OF[type(exc)]
@@ -174,3 +201,22 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
                 time.perf_counter() - started
             )
         raise AssertionError("unreachable: context.abort raises")
+
+
+def add_router_to_server(servicer: RouterServicer, server: grpc.aio.Server) -> None:
+    """Register the Router service with raw request bytes, so `_parse` owns decoding errors."""
+    replies: dict[str, Any] = {
+        "Predict": router_pb2.PredictResponse,
+        "PredictBatch": router_pb2.PredictBatchResponse,
+        "ListTasks": router_pb2.ListTasksResponse,
+    }
+    handlers = {
+        method: grpc.unary_unary_rpc_method_handler(
+            getattr(servicer, method), response_serializer=reply.SerializeToString
+        )
+        for method, reply in replies.items()
+    }
+    service = router_pb2.DESCRIPTOR.services_by_name["Router"].full_name
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service, handlers),))
+    # Registered methods skip grpc's per-call lookup of the generic handlers.
+    server.add_registered_method_handlers(service, handlers)

@@ -48,7 +48,10 @@ class RouterSettings(BaseSettings):
     health_poll_seconds: float = Field(1.0, gt=0)
     breaker_failures: int = Field(3, gt=0)
     breaker_reset_seconds: float = Field(2.0, gt=0)
-    shutdown_grace_seconds: float = Field(5.0, ge=0)
+    shutdown_delay_seconds: float = Field(
+        0.0, ge=0, description="NOT_SERVING but still answering, before the port closes"
+    )
+    shutdown_grace_seconds: float = Field(5.0, ge=0, description="for in-flight requests")
 
     @field_validator("tasks")
     @classmethod

@@ -99,8 +99,10 @@ class CachedPrediction:
                 model_version=str(data["model_version"]),
                 created_at=float(data["created_at"]),
             )
-        except (ValueError, KeyError, TypeError, AttributeError) as exc:
-            raise ValueError(f"malformed cached prediction: {exc}") from None
+        except (ValueError, KeyError, TypeError, AttributeError, RecursionError) as exc:
+            raise ValueError(f"malformed cached prediction: {type(exc).__name__}") from None
         if prediction.label not in prediction.scores:
             raise ValueError("malformed cached prediction: label has no score")
+        if not all(0.0 <= score <= 1.0 for score in prediction.scores.values()):
+            raise ValueError("malformed cached prediction: a score outside [0, 1]")
         return prediction

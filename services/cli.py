@@ -552,6 +552,36 @@ def bench(
     console.print(f"results: {out / 'results.json'}, charts in {out}")
 
 
+@app.command("reliability")
+def reliability(
+    build: Annotated[Path, typer.Option(help="Build folder with the model repository.")] = Path(
+        "build"
+    ),
+    out: Annotated[Path, typer.Option(help="Results folder.")] = Path("reliability-results"),
+    soak_seconds: Annotated[
+        float, typer.Option(help="Also soak at 80% of capacity this long; 0 skips the soak.")
+    ] = 0.0,
+    scenario: Annotated[
+        list[str] | None, typer.Option(help="Run only these scenarios (repeatable).")
+    ] = None,
+    report: Annotated[
+        Path | None, typer.Option(help="Also write the report here (RELIABILITY.md).")
+    ] = None,
+) -> None:
+    """Break Redis, Triton and the router under load, send bad input, soak; report each."""
+    from services.reliability.run import ReliabilityOptions, run_reliability
+
+    options = ReliabilityOptions(build, out, soak_seconds, tuple(scenario or ()), report)
+    console = Console(soft_wrap=True)
+    try:
+        results = run_reliability(options, lambda line: console.print(line, highlight=False))
+    except RuntimeError as exc:
+        raise _fail(str(exc)) from None
+    console.print((out / "results.md").read_text(encoding="utf-8"), highlight=False, markup=False)
+    if not all(result.passed for result in results):
+        raise typer.Exit(1)
+
+
 @app.command("predict")
 def predict(
     texts: Annotated[list[str], typer.Argument(help="Texts to classify.")],

@@ -1,5 +1,6 @@
 """A real `redis-server` child process on loopback, for tests, benchmarks and the local stack."""
 
+import signal
 import subprocess
 import time
 from pathlib import Path
@@ -13,19 +14,31 @@ __all__ = ["RedisServer"]
 
 
 class RedisServer:
-    """redis-server without persistence, in its own folder, on `port` (a free one by default)."""
+    """redis-server in its own folder, on `port` (a free one by default).
 
-    def __init__(self, directory: Path, port: int | None = None, host: str = "127.0.0.1") -> None:
+    Without persistence by default; `persistent` saves a snapshot on shutdown and loads it on
+    the next start, so a restarted server keeps its data.
+    """
+
+    def __init__(
+        self,
+        directory: Path,
+        port: int | None = None,
+        host: str = "127.0.0.1",
+        persistent: bool = False,
+    ) -> None:
         self.host = host
         self.port = port or free_port(host)
         self.url = f"redis://{host}:{self.port}/0"
         self._directory = directory
+        self._persistent = persistent
         self._process: subprocess.Popen[bytes] | None = None
 
     def command(self) -> list[str]:
         return [
             "redis-server", "--port", str(self.port), "--bind", self.host,
-            "--save", "", "--appendonly", "no", "--dir", str(self._directory),
+            "--save", "3600 1" if self._persistent else "", "--appendonly", "no",
+            "--dir", str(self._directory), "--dbfilename", f"redis-{self.port}.rdb",
         ]  # fmt: skip
 
     def start(self, timeout_s: float = 10.0) -> None:
@@ -45,8 +58,14 @@ class RedisServer:
     def client(self) -> "redis.Redis":
         return redis.Redis(host=self.host, port=self.port)
 
+    def pause(self, paused: bool) -> None:
+        """SIGSTOP or SIGCONT the server: connections stay open and nothing answers."""
+        if self._process is not None:
+            self._process.send_signal(signal.SIGSTOP if paused else signal.SIGCONT)
+
     def stop(self) -> None:
         if self._process is not None:
+            self._process.send_signal(signal.SIGCONT)
             self._process.terminate()
             self._process.wait(10)
             self._process = None

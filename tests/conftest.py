@@ -1,21 +1,17 @@
 """Shared fixtures: one tiny model build, one real Triton, Redis and router per session."""
 
 import os
-import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import grpc
 import pytest
-import yaml
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from services.ports import free_port
 from services.redis_server import RedisServer
+from services.reliability.testbed import RouterProcess
 from services.triton.server import TritonServer, TritonSettings
 
 SWITCHYARD = [sys.executable, "-m", "services.cli"]
@@ -74,67 +70,6 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
         yield server
     finally:
         server.stop()
-
-
-class RouterProcess:
-    """`switchyard router serve` in a child process, with its own settings file."""
-
-    def __init__(self, directory: Path, repository: Path, redis_url: str, triton_port: int) -> None:
-        self.grpc_port = free_port()
-        self.metrics_port = free_port()
-        self.address = f"127.0.0.1:{self.grpc_port}"
-        self.config = directory / "router.yaml"
-        self.config.write_text(
-            yaml.safe_dump(
-                {
-                    "model_repository": str(repository),
-                    "redis_url": redis_url,
-                    "triton_url": f"127.0.0.1:{triton_port}",
-                    "grpc_port": self.grpc_port,
-                    "metrics_port": self.metrics_port,
-                    "health_poll_seconds": 0.2,
-                    "breaker_reset_seconds": 0.5,
-                    "max_batch_texts": 8,
-                    "tasks": {
-                        "topic": {"model": "topic", "max_text_length": 500},
-                        "sentiment": {"model": "sentiment", "max_text_length": 280},
-                    },
-                }
-            )
-        )
-        self.process: subprocess.Popen[str] | None = None
-
-    def start(self) -> None:
-        self.process = subprocess.Popen(
-            [*SWITCHYARD, "router", "serve", "--config", str(self.config)],
-            stderr=subprocess.PIPE,
-            text=True,
-            start_new_session=True,
-        )
-        channel = grpc.insecure_channel(self.address)
-        health = health_pb2_grpc.HealthStub(channel)
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise AssertionError(f"router exited: {self.process.stderr.read()}")  # type: ignore[union-attr]
-            try:
-                status = health.Check(health_pb2.HealthCheckRequest(service=""), timeout=1).status
-                if status == health_pb2.HealthCheckResponse.SERVING:
-                    return
-            except grpc.RpcError:
-                pass
-            time.sleep(0.1)
-        raise AssertionError("router did not become healthy within 60 s")
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(15)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        self.process = None
 
 
 @pytest.fixture(scope="session")

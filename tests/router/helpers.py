@@ -1,36 +1,17 @@
 """Helpers for router tests: a stub per router, and cache generations written like the batch job."""
 
 import time
-import uuid
 
 import grpc
-import redis
 
 from router._generated.switchyard.v1 import router_pb2, router_pb2_grpc
-from services.cache_schema import (
-    GENERATIONS_CHANNEL,
-    CachedPrediction,
-    generation_key,
-    prediction_key,
-)
+from services.reliability.testbed import publish_generation
+
+__all__ = ["predict", "publish_generation", "stub", "wait_for_generation"]
 
 
 def stub(address: str) -> router_pb2_grpc.RouterStub:
     return router_pb2_grpc.RouterStub(grpc.insecure_channel(address))
-
-
-def publish_generation(
-    client: redis.Redis, namespace: str, labels: list[str], answers: dict[str, str]
-) -> str:
-    """Write a complete generation of teacher answers, flip the pointer, announce it."""
-    generation = uuid.uuid4().hex[:12]
-    for text, label in answers.items():
-        scores = {name: (0.9 if name == label else 0.1 / (len(labels) - 1)) for name in labels}
-        prediction = CachedPrediction(label, scores, "teacher-test", "7", time.time())
-        client.set(prediction_key(namespace, generation, text), prediction.to_json(), ex=600)
-    client.set(generation_key(namespace), generation)
-    client.publish(GENERATIONS_CHANNEL, f"{namespace} {generation}")
-    return generation
 
 
 def predict(

@@ -1,0 +1,1 @@
+"""Fault, bad-input and soak scenarios run against real Redis, Triton and router processes."""

@@ -1,0 +1,549 @@
+"""Each scenario breaks one thing under load and checks what the router's clients saw.
+
+A scenario returns a `ScenarioResult`: the traffic it sent, the status codes that came back,
+the numbers that matter (recovery time, worst overrun of a deadline, memory growth) and the
+checks that decide whether it passed. Every scenario leaves the testbed whole again.
+"""
+
+import random
+import statistics
+import threading
+import time
+import urllib.request
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import grpc
+import psutil
+from google.protobuf.message import Message
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from router._generated.switchyard.v1 import router_pb2
+from services.cache_schema import generation_key, prediction_key
+from services.reliability.testbed import Testbed, publish_generation, task_labels
+from services.reliability.traffic import Outcome, Traffic, TrafficPlan
+
+__all__ = [
+    "Corpus",
+    "ScenarioResult",
+    "bad_input",
+    "generation_flips",
+    "malformed_cache_values",
+    "redis_outage",
+    "router_sigterm",
+    "slow_triton",
+    "soak",
+    "triton_outage",
+]
+
+TASK = "topic"
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+@dataclass
+class ScenarioResult:
+    name: str
+    fault: str
+    sent: int
+    codes: dict[str, int]
+    numbers: dict[str, float] = field(default_factory=dict)
+    checks: dict[str, bool] = field(default_factory=dict)
+
+    @property
+    def failed(self) -> int:
+        return self.sent - self.codes.get("OK", 0)
+
+    @property
+    def passed(self) -> bool:
+        return all(self.checks.values())
+
+
+@dataclass(frozen=True)
+class Corpus:
+    """Texts the current generation answers (`cached`) and texts it does not (`uncached`)."""
+
+    cached: list[str]
+    uncached: list[str]
+    labels: list[str]
+
+    @classmethod
+    def publish(cls, bed: Testbed, size: int = 32) -> "Corpus":
+        labels = task_labels(bed.repository, TASK)
+        cached = [f"reliability check {i}: parliament debates the budget" for i in range(size)]
+        uncached = [f"uncached text {i} about a cup final and its fans" for i in range(size)]
+        answers = {text: labels[i % len(labels)] for i, text in enumerate(cached)}
+        publish_generation(bed.redis.client(), TASK, labels, answers)
+        return cls(cached, uncached, labels)
+
+
+def _codes(outcomes: Sequence[Outcome]) -> dict[str, int]:
+    return dict(Counter(outcome.code for outcome in outcomes))
+
+
+def _traffic(bed: Testbed, texts: Sequence[str], **plan: object) -> Traffic:
+    return Traffic(bed.router.address, TrafficPlan(TASK, texts, **plan))  # type: ignore[arg-type]
+
+
+def _first(outcomes: Sequence[Outcome], after: float, good: Callable[[Outcome], bool]) -> float:
+    """Seconds from `after` until the end of the first request started after it that is good."""
+    for outcome in sorted(outcomes, key=lambda o: o.started):
+        if outcome.started >= after and good(outcome):
+            return outcome.ended - after
+    return float("inf")
+
+
+def _is_serving(bed: Testbed, timeout_s: float = 15.0) -> bool:
+    """Whether the router reports itself SERVING within `timeout_s`."""
+    with grpc.insecure_channel(bed.router.address) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            try:
+                reply = stub.Check(health_pb2.HealthCheckRequest(), timeout=2)
+                if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                    return True
+            except grpc.RpcError:
+                pass
+            time.sleep(0.1)
+    return False
+
+
+def redis_outage(bed: Testbed, corpus: Corpus, mode: str, outage_s: float = 3.0) -> ScenarioResult:
+    """Redis stopped (`mode="stop"`, restarted from its snapshot) or paused with SIGSTOP."""
+    traffic = _traffic(bed, corpus.cached, clients=4, pause_s=0.01).start()
+    try:
+        time.sleep(2.0)
+        down = time.monotonic()
+        if mode == "stop":
+            bed.redis.stop()
+        else:
+            bed.redis.pause(True)
+        time.sleep(outage_s)
+        if mode == "stop":
+            bed.redis.start()
+        else:
+            bed.redis.pause(False)
+        back = time.monotonic()
+        time.sleep(6.0)
+    finally:
+        bed.redis.pause(False)
+        outcomes = traffic.stop()
+    during = [o for o in outcomes if down + 0.2 <= o.started and o.ended <= back]
+    recovery_s = _first(outcomes, back, lambda o: o.ok and o.routes == ("cache",))
+    settled = [o for o in outcomes if o.started >= back + 5.0]
+    codes = _codes(outcomes)
+    return ScenarioResult(
+        name=f"redis-{mode}",
+        fault=f"Redis {'stopped' if mode == 'stop' else 'paused (SIGSTOP)'} for {outage_s:.0f} s "
+        "under cache-route load (4 clients)",
+        sent=len(outcomes),
+        codes=codes,
+        numbers={
+            "answered by the model during the outage": sum(o.routes == ("model",) for o in during),
+            "cache hits resumed after (s)": recovery_s,
+            "p99 latency during the outage (ms)": _p99_ms(during),
+        },
+        checks={
+            "zero failed requests": codes.get("OK", 0) == len(outcomes),
+            "the model answered during the outage": any(o.routes == ("model",) for o in during),
+            "cache hits resume within 5 s": recovery_s <= 5.0,
+            "only cache hits 5 s after Redis returned": bool(settled)
+            and all(o.routes == ("cache",) for o in settled),
+        },
+    )
+
+
+def triton_outage(bed: Testbed, corpus: Corpus, outage_s: float = 3.0) -> ScenarioResult:
+    """Triton stopped: hits keep coming from the cache, misses fail fast, then recover."""
+    hits = _traffic(bed, corpus.cached, clients=2, pause_s=0.01).start()
+    misses = _traffic(bed, corpus.uncached, clients=2, pause_s=0.01, timeout_s=5.0).start()
+    try:
+        time.sleep(2.0)
+        bed.triton.stop()
+        down = time.monotonic()
+        time.sleep(outage_s)
+        bed.restart_triton()
+        back = time.monotonic()
+        time.sleep(5.0)
+    finally:
+        hit_outcomes, miss_outcomes = hits.stop(), misses.stop()
+    refused = [o for o in miss_outcomes if down <= o.started and o.ended <= back]
+    recovery_s = _first(miss_outcomes, back, lambda o: o.ok)
+    settled = [o for o in miss_outcomes if o.started >= back + recovery_s]
+    outcomes = hit_outcomes + miss_outcomes
+    return ScenarioResult(
+        name="triton-stop",
+        fault=f"Triton stopped for {outage_s:.0f} s plus its restart, under cache-route and "
+        "model-route load (2 + 2 clients, 5 s deadline)",
+        sent=len(outcomes),
+        codes=_codes(outcomes),
+        numbers={
+            "cache-route requests failed": sum(not o.ok for o in hit_outcomes),
+            "model-route requests refused while down": len(refused),
+            "slowest refusal (ms)": max((o.seconds * 1000 for o in refused), default=0.0),
+            "model route recovered after (s)": recovery_s,
+        },
+        checks={
+            "zero failed cache-route requests": all(o.ok for o in hit_outcomes),
+            "misses fail with UNAVAILABLE while Triton is down": bool(refused)
+            and all(o.code == "UNAVAILABLE" and "triton" in o.details for o in refused),
+            "each refusal within 0.5 s (deadline 5 s)": all(o.seconds < 0.5 for o in refused),
+            "the model route recovers by itself within 5 s": recovery_s <= 5.0,
+            "no failure once recovered": all(o.ok for o in settled),
+        },
+    )
+
+
+def generation_flips(bed: Testbed, corpus: Corpus, flips: int = 12) -> ScenarioResult:
+    """A new generation every 0.5 s, each labelling every text differently, under batch load."""
+    client = bed.redis.client()
+    label_of: dict[str, str] = {}
+    traffic = _traffic(bed, corpus.cached, batch=4, clients=4).start()
+    try:
+        for flip in range(flips):
+            label = corpus.labels[flip % len(corpus.labels)]
+            generation = publish_generation(
+                client, TASK, corpus.labels, dict.fromkeys(corpus.cached, label)
+            )
+            label_of[generation] = label
+            time.sleep(0.5)
+    finally:
+        outcomes = traffic.stop()
+    answered = [o for o in outcomes if o.ok and set(o.generations) & set(label_of)]
+    mixed = [o for o in answered if len(set(o.generations)) != 1]
+    wrong = [
+        o
+        for o in answered
+        if any(label_of.get(g) != x for g, x in zip(o.generations, o.labels, strict=True))
+    ]
+    codes = _codes(outcomes)
+    return ScenarioResult(
+        name="generation-flips",
+        fault=f"{flips} generation flips, 0.5 s apart, each relabelling every text, under "
+        "4-text batch load (4 clients)",
+        sent=len(outcomes),
+        codes=codes,
+        numbers={
+            "generations seen in answers": len({o.generations[0] for o in answered}),
+            "responses mixing generations": len(mixed),
+            "answers with another generation's label": len(wrong),
+        },
+        checks={
+            "zero failed requests": codes.get("OK", 0) == len(outcomes),
+            "every response comes from one generation": not mixed,
+            "every label is its generation's": not wrong,
+            "the flips were seen": len({o.generations[0] for o in answered}) >= flips // 2,
+        },
+    )
+
+
+def slow_triton(
+    bed: Testbed, corpus: Corpus, stall_s: float = 3.0, deadline_s: float = 0.5
+) -> ScenarioResult:
+    """Triton stalled (SIGSTOP): model requests end at their deadline, cache hits go on.
+
+    Requests with a client deadline must end with DEADLINE_EXCEEDED by it; requests without
+    one by the router's own Triton timeout (`triton_timeout_ms`).
+    """
+    triton_timeout_s = bed.router.settings["triton_timeout_ms"] / 1000
+    margin_s = 0.25
+    hits = _traffic(bed, corpus.cached, clients=2, pause_s=0.01).start()
+    bounded = _traffic(bed, corpus.uncached, clients=3, timeout_s=deadline_s).start()
+    unbounded = _traffic(bed, corpus.uncached[::-1], clients=2, timeout_s=None).start()
+    try:
+        time.sleep(1.5)
+        bed.pause_triton(True)
+        stalled = time.monotonic()
+        time.sleep(stall_s)
+        bed.pause_triton(False)
+        resumed = time.monotonic()
+        time.sleep(3.0)
+    finally:
+        bed.pause_triton(False)
+        hit_outcomes, bounded_outcomes, unbounded_outcomes = (
+            hits.stop(),
+            bounded.stop(),
+            unbounded.stop(),
+        )
+    late_bounded = [o for o in bounded_outcomes if stalled <= o.started and o.ended <= resumed]
+    late_unbounded = [o for o in unbounded_outcomes if stalled <= o.started and o.ended <= resumed]
+    overrun_ms = max(
+        [(o.seconds - deadline_s) * 1000 for o in late_bounded]
+        + [(o.seconds - triton_timeout_s) * 1000 for o in late_unbounded],
+        default=0.0,
+    )
+    outcomes = hit_outcomes + bounded_outcomes + unbounded_outcomes
+    recovery_s = _first(bounded_outcomes, resumed, lambda o: o.ok)
+    return ScenarioResult(
+        name="triton-stalled",
+        fault=f"Triton stalled (SIGSTOP) for {stall_s:.0f} s under cache-route load and "
+        f"model-route load with a {deadline_s * 1000:.0f} ms deadline and without one "
+        f"(router's Triton timeout {triton_timeout_s * 1000:.0f} ms)",
+        sent=len(outcomes),
+        codes=_codes(outcomes),
+        numbers={
+            "cache-route requests failed": sum(not o.ok for o in hit_outcomes),
+            "model requests timed out while stalled": len(late_bounded) + len(late_unbounded),
+            "worst overrun of a deadline (ms)": overrun_ms,
+            "model route recovered after (s)": recovery_s,
+        },
+        checks={
+            "zero failed cache-route requests": all(o.ok for o in hit_outcomes),
+            "stalled requests end with DEADLINE_EXCEEDED": bool(late_bounded and late_unbounded)
+            and all(o.code == "DEADLINE_EXCEEDED" for o in late_bounded + late_unbounded),
+            f"none ends later than its deadline + {margin_s * 1000:.0f} ms": overrun_ms
+            <= margin_s * 1000,
+            "the model route recovers within 5 s": recovery_s <= 5.0,
+        },
+    )
+
+
+def router_sigterm(bed: Testbed, corpus: Corpus) -> ScenarioResult:
+    """SIGTERM under load: health turns NOT_SERVING first, clients that heed it within the
+    shutdown delay see no error, and every request in flight completes. The router is started
+    again afterwards."""
+    delay_s = bed.router.settings["shutdown_delay_seconds"]
+    lag_s = delay_s / 2  # how long a load balancer takes to act on NOT_SERVING
+    texts = [t for pair in zip(corpus.cached, corpus.uncached, strict=True) for t in pair]
+    traffic = _traffic(bed, texts, clients=6).start()
+    not_serving_at: list[float] = []
+
+    def watch() -> None:
+        with grpc.insecure_channel(bed.router.address) as channel:
+            stream = health_pb2_grpc.HealthStub(channel).Watch(health_pb2.HealthCheckRequest())
+            try:
+                for reply in stream:
+                    if reply.status == NOT_SERVING:
+                        not_serving_at.append(time.monotonic())
+                        time.sleep(lag_s)
+                        traffic.hold()  # what a load balancer does on NOT_SERVING
+                        return
+            except grpc.RpcError:
+                return
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    process = bed.router.process
+    assert process is not None
+    try:
+        time.sleep(2.0)
+        term = time.monotonic()
+        bed.router.signal(15)
+        exit_code = process.wait(30)
+        exited = time.monotonic()
+    finally:
+        outcomes = traffic.stop()
+        watcher.join(5)
+        bed.router.process = None
+        bed.router.start()
+    in_flight = [o for o in outcomes if o.started <= term <= o.ended]
+    after_term = [o for o in outcomes if o.started > term]
+    codes = _codes(outcomes)
+    seen_s = not_serving_at[0] - term if not_serving_at else float("inf")
+    return ScenarioResult(
+        name="router-sigterm",
+        fault=f"router sent SIGTERM under mixed load (6 clients that stop {lag_s:.1f} s after "
+        f"health turns NOT_SERVING); shutdown delay {delay_s:.1f} s",
+        sent=len(outcomes),
+        codes=codes,
+        numbers={
+            "requests in flight at SIGTERM": len(in_flight),
+            "requests started after SIGTERM (all answered)": len(after_term),
+            "NOT_SERVING seen after (s)": seen_s,
+            "router exited after (s)": exited - term,
+        },
+        checks={
+            "health turned NOT_SERVING before the router exited": seen_s < exited - term,
+            "every request in flight completed": all(o.ok for o in in_flight),
+            "zero failed requests": codes.get("OK", 0) == len(outcomes),
+            "exit code 0": exit_code == 0,
+        },
+    )
+
+
+def malformed_cache_values(bed: Testbed, corpus: Corpus) -> ScenarioResult:
+    """Corrupted and foreign values under current keys: misses (model route), counted."""
+    client = bed.redis.client()
+    generation = client.get(generation_key(TASK))
+    assert isinstance(generation, bytes), "the testbed has no generation"
+    values: list[bytes] = [
+        b"", b"not json", b"\xff\xfe\x00", b"[]", b"{}", b"null", b"[" * 10_000,
+        b'{"label": "x", "scores": {"x": 1.0}, "model": "m", "model_version": "1",'
+        b' "created_at": 0}',
+        b'{"label": "politics", "scores": {"politics": 7}, "model": "m", "model_version": "1",'
+        b' "created_at": 0}',
+        b'{"label": "politics", "scores": {"politics": NaN}, "model": "m", "model_version": "1",'
+        b' "created_at": 0}',
+    ]  # fmt: skip
+    victims = corpus.cached[: len(values)]
+    for text, value in zip(victims, values, strict=True):
+        client.set(prediction_key(TASK, generation.decode(), text), value, ex=3600)
+    before = _metric(bed, "switchyard_cache_malformed_values_total", TASK)
+    outcomes: list[Outcome] = []
+    with grpc.insecure_channel(bed.router.address) as channel:
+        predict = channel.unary_unary(
+            "/switchyard.v1.Router/Predict",
+            request_serializer=router_pb2.PredictRequest.SerializeToString,
+            response_deserializer=router_pb2.PredictResponse.FromString,
+        )
+        for text in victims:
+            started = time.monotonic()
+            reply = predict(router_pb2.PredictRequest(task=TASK, text=text), timeout=5)
+            route = "cache" if reply.route == router_pb2.ROUTE_CACHE else "model"
+            outcomes.append(Outcome(started, time.monotonic(), "OK", routes=(route,)))
+    counted = _metric(bed, "switchyard_cache_malformed_values_total", TASK) - before
+    return ScenarioResult(
+        name="malformed-cache-values",
+        fault=f"{len(values)} cached values replaced by corrupted or foreign ones (empty, not "
+        "JSON, invalid UTF-8, wrong shape, 10,000-deep nesting, unknown label, score 7, NaN)",
+        sent=len(outcomes),
+        codes=_codes(outcomes),
+        numbers={
+            "answered by the model": sum(o.routes == ("model",) for o in outcomes),
+            "counted as malformed": counted,
+        },
+        checks={
+            "never returned: every one answered by the model": all(
+                o.routes == ("model",) for o in outcomes
+            ),
+            "each counted in switchyard_cache_malformed_values_total": counted == len(values),
+        },
+    )
+
+
+def bad_input(bed: Testbed, requests: int = 400, seed: int = 7) -> ScenarioResult:
+    """Random junk: raw bytes as requests, arbitrary Unicode, huge and empty texts, unknown
+    tasks and policies, oversized batches. Every answer is a status with a message, never
+    INTERNAL or UNKNOWN, and the router stays up."""
+    rng = random.Random(seed)
+    outcomes: list[Outcome] = []
+    silent = 0
+    with grpc.insecure_channel(
+        bed.router.address, options=[("grpc.max_send_message_length", 64 << 20)]
+    ) as channel:
+        raw_predict = channel.unary_unary("/switchyard.v1.Router/Predict")
+        raw_batch = channel.unary_unary("/switchyard.v1.Router/PredictBatch")
+        for index in range(requests):
+            payload, call = _junk(rng, index), raw_predict if index % 2 else raw_batch
+            started = time.monotonic()
+            try:
+                call(payload, timeout=10)
+                code, details = "OK", ""
+            except grpc.RpcError as exc:
+                code, details = exc.code().name, exc.details() or ""
+            silent += code != "OK" and not details
+            outcomes.append(Outcome(started, time.monotonic(), code, details))
+    codes = _codes(outcomes)
+    serving = _is_serving(bed)
+    return ScenarioResult(
+        name="bad-input",
+        fault=f"{requests} random malformed requests (seed {seed}): raw bytes, control "
+        "characters, right-to-left marks, invalid UTF-8, empty and 100k-character texts, "
+        "unknown tasks and policies, NaN confidence, oversized batches and messages",
+        sent=len(outcomes),
+        codes=codes,
+        numbers={"answers without a message": silent},
+        checks={
+            "never INTERNAL or UNKNOWN": not {"INTERNAL", "UNKNOWN"} & codes.keys(),
+            "every error has a message": silent == 0,
+            "the router is still SERVING": serving,
+        },
+    )
+
+
+def _junk(rng: random.Random, index: int) -> bytes:
+    """One malformed or hostile request body, PredictRequest or PredictBatchRequest shaped."""
+    kind = index % 8
+    alphabet = "ab \t\n\r\x00\x07\u200f\u202e\u0301\ufeff\U0001f600é\u4e2d"
+    text = "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 40)))
+    message: Message
+    if kind == 0:
+        return rng.randbytes(rng.randint(1, 64))
+    if kind == 1:  # a string field holding invalid UTF-8 (a CESU-8 lone surrogate)
+        return b"\x0a\x05topic\x12\x03\xed\xa0\x80"
+    if kind == 2:
+        message = router_pb2.PredictRequest(task="topic", text="x" * 100_000)
+    elif kind == 3:
+        message = router_pb2.PredictRequest(task=text, text=text)
+    elif kind == 4:
+        message = router_pb2.PredictRequest(task="topic", text=text or "x")
+        message.policy = rng.choice([4, 99, -1])
+    elif kind == 5:
+        confidence = rng.choice([float("nan"), 2.0, -1.0])
+        message = router_pb2.PredictRequest(task="sentiment", text=text, min_confidence=confidence)
+    elif kind == 6 and index % 16 == 14:  # over the message size limit (4 MiB by default)
+        message = router_pb2.PredictRequest(task="topic", text="x" * (5 << 20))
+    elif kind == 6:
+        count = rng.choice([0, 9, 1000])
+        message = router_pb2.PredictBatchRequest(task="topic", texts=[text or "x"] * count)
+    else:  # junk in front of a valid message
+        prefix = rng.randbytes(rng.randint(1, 8))
+        message = router_pb2.PredictRequest(task="topic", text=text)
+        return prefix + bytes(message.SerializeToString())
+    serialized: bytes = message.SerializeToString()
+    return serialized
+
+
+def soak(
+    bed: Testbed, corpus: Corpus, seconds: float, load: float = 0.8, probe_s: float = 5.0
+) -> ScenarioResult:
+    """At `load` of the capacity measured just before, for `seconds`: no error, and the
+    router's memory after warm-up (the first quarter, at least 5 s) grows by at most 10%."""
+    warmup_s = max(seconds / 4, 5.0)
+    texts = corpus.cached[:24] + corpus.uncached[:8]  # a quarter of requests need the model
+    probe = _traffic(bed, texts, clients=8).start()
+    time.sleep(probe_s)
+    capacity = len([o for o in probe.stop() if o.ok]) / probe_s
+    rate = capacity * load
+    router = psutil.Process(bed.router.process.pid)  # type: ignore[union-attr]
+    samples: list[tuple[float, int]] = []
+    traffic = _traffic(bed, texts, rate=rate, timeout_s=5.0).start()
+    started = time.monotonic()
+    try:
+        while time.monotonic() - started < seconds:
+            samples.append((time.monotonic() - started, router.memory_info().rss))
+            time.sleep(1.0)
+    finally:
+        outcomes = traffic.stop()
+    warm = [rss for at, rss in samples if at >= warmup_s]
+    baseline = statistics.median(warm[:3]) if warm else float("nan")
+    final = statistics.median(warm[-3:]) if warm else float("nan")
+    growth = final / baseline - 1
+    codes = _codes(outcomes)
+    return ScenarioResult(
+        name="soak",
+        fault=f"{seconds:.0f} s ({warmup_s:.0f} s warm-up), open loop at {load:.0%} of the "
+        f"capacity measured just before ({capacity:.0f} req/s with 8 closed-loop clients); a "
+        "quarter of requests on the model route",
+        sent=len(outcomes),
+        codes=codes,
+        numbers={
+            "capacity (req/s)": capacity,
+            "offered rate (req/s)": rate,
+            "achieved rate (req/s)": len(outcomes) / seconds,
+            "p50 latency (ms)": statistics.median(o.seconds * 1000 for o in outcomes),
+            "p99 latency (ms)": _p99_ms(outcomes),
+            "router RSS after warm-up (MiB)": baseline / 2**20,
+            "router RSS at the end (MiB)": final / 2**20,
+            "memory growth after warm-up (%)": growth * 100,
+        },
+        checks={
+            "zero failed requests": codes.get("OK", 0) == len(outcomes),
+            "memory grows by at most 10% after warm-up": growth <= 0.10,
+        },
+    )
+
+
+def _p99_ms(outcomes: Sequence[Outcome]) -> float:
+    ordered = sorted(o.seconds * 1000 for o in outcomes)
+    return ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))] if ordered else 0.0
+
+
+def _metric(bed: Testbed, name: str, task: str) -> float:
+    url = f"http://127.0.0.1:{bed.router.metrics_port}/metrics"
+    with urllib.request.urlopen(url, timeout=5) as response:
+        for line in response.read().decode().splitlines():
+            if line.startswith(f'{name}{{task="{task}"}}'):
+                return float(line.rsplit(" ", 1)[1])
+    return 0.0

@@ -1,0 +1,226 @@
+"""A private Redis, Triton and router on free loopback ports that scenarios may break.
+
+Every process is started here and stopped by `Testbed.stop` (or the context manager), also
+when a scenario fails half way.
+"""
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import grpc
+import redis
+import yaml
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from services.cache_schema import (
+    GENERATIONS_CHANNEL,
+    CachedPrediction,
+    generation_key,
+    prediction_key,
+)
+from services.ports import free_port
+from services.redis_server import RedisServer
+from services.triton.server import TritonServer, TritonSettings
+
+__all__ = ["RouterProcess", "Testbed", "publish_generation", "task_labels"]
+
+SERVING = health_pb2.HealthCheckResponse.SERVING
+_SWITCHYARD = [sys.executable, "-m", "services.cli"]
+
+
+class RouterProcess:
+    """`switchyard router serve` in a child process, with its own settings file.
+
+    The settings are those of a test deployment: fast health polls and breaker resets, small
+    limits; `overrides` replace any of them.
+    """
+
+    def __init__(
+        self,
+        directory: Path,
+        repository: Path,
+        redis_url: str,
+        triton_port: int,
+        env: dict[str, str] | None = None,
+        **overrides: Any,
+    ) -> None:
+        self.grpc_port = free_port()
+        self.metrics_port = free_port()
+        self.address = f"127.0.0.1:{self.grpc_port}"
+        self.config = directory / f"router-{self.grpc_port}.yaml"
+        self.log = directory / f"router-{self.grpc_port}.log"
+        self.env = env or {}
+        settings: dict[str, Any] = {
+            "model_repository": str(repository),
+            "redis_url": redis_url,
+            "triton_url": f"127.0.0.1:{triton_port}",
+            "grpc_port": self.grpc_port,
+            "metrics_port": self.metrics_port,
+            "health_poll_seconds": 0.2,
+            "breaker_reset_seconds": 0.5,
+            "max_batch_texts": 8,
+            "tasks": {
+                "topic": {"model": "topic", "max_text_length": 500},
+                "sentiment": {"model": "sentiment", "max_text_length": 280},
+            },
+        }
+        self.settings = settings | overrides
+        self.config.write_text(yaml.safe_dump(self.settings))
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout_s: float = 60.0) -> None:
+        with self.log.open("ab") as log:
+            self.process = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "services.cli",
+                    "router",
+                    "serve",
+                    "--config",
+                    str(self.config),
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env={**os.environ, **self.env},
+                start_new_session=True,
+            )
+        with grpc.insecure_channel(self.address) as channel:
+            health = health_pb2_grpc.HealthStub(channel)
+            deadline = time.monotonic() + timeout_s
+            while time.monotonic() < deadline:
+                if self.process.poll() is not None:
+                    raise RuntimeError(f"router exited:\n{self.log_text()[-3000:]}")
+                try:
+                    request = health_pb2.HealthCheckRequest(service="")
+                    if health.Check(request, timeout=1).status == SERVING:
+                        return
+                except grpc.RpcError:
+                    pass
+                time.sleep(0.1)
+        self.stop()
+        raise RuntimeError(f"router did not become healthy within {timeout_s:.0f} s")
+
+    def log_text(self) -> str:
+        return self.log.read_text(encoding="utf-8", errors="replace") if self.log.exists() else ""
+
+    def signal(self, signum: int) -> None:
+        if self.process is not None:
+            self.process.send_signal(signum)
+
+    def stop(self) -> int | None:
+        """SIGTERM, SIGKILL after 15 s; returns the exit code (None if it was not running)."""
+        process, self.process = self.process, None
+        if process is None:
+            return None
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(15)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        return process.returncode
+
+
+def task_labels(repository: Path, model: str) -> list[str]:
+    """The labels of the newest version of `model` in a model repository."""
+    versions = sorted(
+        (p for p in (repository / model).iterdir() if p.name.isdigit()), key=lambda p: int(p.name)
+    )
+    labels: list[str] = json.loads((versions[-1] / "labels.json").read_text(encoding="utf-8"))
+    return labels
+
+
+def publish_generation(
+    client: "redis.Redis", namespace: str, labels: list[str], answers: dict[str, str]
+) -> str:
+    """Write a complete generation of teacher answers, flip the pointer, announce it: what the
+    batch job does, without the teacher."""
+    generation = uuid.uuid4().hex[:12]
+    with client.pipeline(transaction=False) as pipe:
+        for text, label in answers.items():
+            scores = {name: (0.9 if name == label else 0.1 / (len(labels) - 1)) for name in labels}
+            prediction = CachedPrediction(label, scores, "teacher-test", "7", time.time())
+            pipe.set(prediction_key(namespace, generation, text), prediction.to_json(), ex=3600)
+        pipe.execute()
+    client.set(generation_key(namespace), generation)
+    client.publish(GENERATIONS_CHANNEL, f"{namespace} {generation}")
+    return generation
+
+
+class Testbed:
+    """Redis (saving to disk on shutdown, so a restart keeps the cache), Triton and a router."""
+
+    __test__ = False  # not a pytest test class, despite its name
+
+    def __init__(self, directory: Path, repository: Path, **router_overrides: Any) -> None:
+        # A bounded Triton timeout and a shutdown delay, so both can be checked.
+        router_overrides = {
+            "triton_timeout_ms": 1000.0,
+            "shutdown_delay_seconds": 1.0,
+        } | router_overrides
+        self.directory = directory
+        self.repository = repository
+        self.redis = RedisServer(directory, persistent=True)
+        self.triton_settings = TritonSettings(
+            repository=repository,
+            grpc_port=free_port(),
+            http_port=free_port(),
+            metrics_port=free_port(),
+        )
+        self.triton = TritonServer(self.triton_settings)
+        self.router = RouterProcess(
+            directory,
+            repository,
+            self.redis.url,
+            self.triton_settings.grpc_port,
+            **router_overrides,
+        )
+
+    def start(self) -> None:
+        try:
+            self.redis.start()
+            self.triton.start()
+            self.router.start()
+        except BaseException:
+            self.stop()
+            raise
+
+    def restart_triton(self) -> None:
+        self.triton.stop()
+        self.triton = TritonServer(self.triton_settings)
+        self.triton.start()
+
+    def pause_triton(self, paused: bool) -> None:
+        """SIGSTOP or SIGCONT Triton's process group: a model that answers nothing, ever."""
+        if self.triton.pid is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.triton.pid, signal.SIGSTOP if paused else signal.SIGCONT)
+
+    def stop(self) -> None:
+        self.router.stop()
+        self.pause_triton(False)
+        self.triton.stop()
+        self.redis.stop()
+
+    def __enter__(self) -> "Testbed":
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        value: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.stop()
