@@ -77,9 +77,23 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
 
 
 class RouterProcess:
-    """`switchyard router serve` in a child process, with its own settings file."""
+    """`switchyard router serve` in a child process, with its own settings file: `settings`
+    add to or replace the defaults below, `env` is added to the child's environment, and
+    `credentials` make every channel to it (the readiness check too) a TLS channel."""
 
-    def __init__(self, directory: Path, repository: Path, redis_url: str, triton_port: int) -> None:
+    def __init__(
+        self,
+        directory: Path,
+        repository: Path,
+        redis_url: str,
+        triton_port: int,
+        *,
+        env: dict[str, str] | None = None,
+        credentials: grpc.ChannelCredentials | None = None,
+        **settings: Any,
+    ) -> None:
+        self.env = env or {}
+        self.credentials = credentials
         self.grpc_port = free_port()
         self.metrics_port = free_port()
         self.address = f"127.0.0.1:{self.grpc_port}"
@@ -100,41 +114,53 @@ class RouterProcess:
                         "sentiment": {"model": "sentiment", "max_text_length": 280},
                     },
                 }
+                | settings
             )
         )
         self.process: subprocess.Popen[str] | None = None
 
-    def start(self) -> None:
+    def channel(self) -> grpc.Channel:
+        if self.credentials is None:
+            return grpc.insecure_channel(self.address)
+        return grpc.secure_channel(self.address, self.credentials)
+
+    def start(self, serving: bool = True) -> None:
+        """Start, and wait until health says SERVING (or answers at all, unless `serving`)."""
         self.process = subprocess.Popen(
             [*SWITCHYARD, "router", "serve", "--config", str(self.config)],
             stderr=subprocess.PIPE,
             text=True,
             start_new_session=True,
+            env={**os.environ, **self.env},
         )
-        channel = grpc.insecure_channel(self.address)
-        health = health_pb2_grpc.HealthStub(channel)
+        health = health_pb2_grpc.HealthStub(self.channel())
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise AssertionError(f"router exited: {self.process.stderr.read()}")  # type: ignore[union-attr]
             try:
                 status = health.Check(health_pb2.HealthCheckRequest(service=""), timeout=1).status
-                if status == health_pb2.HealthCheckResponse.SERVING:
+                if status == health_pb2.HealthCheckResponse.SERVING or not serving:
                     return
             except grpc.RpcError:
                 pass
             time.sleep(0.1)
         raise AssertionError("router did not become healthy within 60 s")
 
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(15)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+    def stop(self) -> str:
+        """Stop the router; returns what it wrote to stderr (its log) and was not read yet."""
+        log = ""
+        if self.process is not None:
+            if self.process.poll() is None:
+                self.process.send_signal(signal.SIGTERM)
+                try:
+                    self.process.wait(15)
+                except subprocess.TimeoutExpired:
+                    self.process.kill()
+                    self.process.wait()
+            log = self.process.stderr.read()  # type: ignore[union-attr]
         self.process = None
+        return log
 
 
 @pytest.fixture(scope="session")
