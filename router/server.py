@@ -20,6 +20,8 @@ from router.model import StudentClient
 from router.routing import Router
 from router.servicer import RouterServicer, add_router_to_server
 from router.settings import RouterSettings
+from router.tls import server_credentials
+from services.redis_connection import async_client
 
 __all__ = ["ROUTER_SERVICE", "serve"]
 
@@ -31,12 +33,9 @@ _NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
 def _redis_client(settings: RouterSettings) -> "redis.Redis":
     connect_timeout = max(settings.redis_timeout_ms / 1000, 0.5)
-    if settings.redis_cluster:
-        cluster = redis.RedisCluster.from_url(
-            settings.redis_url, socket_connect_timeout=connect_timeout
-        )
-        return cluster  # type: ignore[return-value]
-    return redis.Redis.from_url(settings.redis_url, socket_connect_timeout=connect_timeout)
+    return async_client(
+        settings, cluster=settings.redis_cluster, socket_connect_timeout=connect_timeout
+    )
 
 
 async def _watch_health(
@@ -61,6 +60,8 @@ async def _watch_health(
 
 async def serve(settings: RouterSettings, ready: asyncio.Event | None = None) -> None:
     """Run the router until SIGTERM or SIGINT."""
+    # First, so a bad certificate stops the start before anything else is set up.
+    credentials = server_credentials(settings)
     registry = CollectorRegistry()
     metrics = RouterMetrics(registry)
     cache = PredictionCache(
@@ -101,7 +102,10 @@ async def serve(settings: RouterSettings, ready: asyncio.Event | None = None) ->
     )
     address = f"{settings.host}:{settings.grpc_port}"
     try:
-        server.add_insecure_port(address)
+        if credentials is None:
+            server.add_insecure_port(address)
+        else:
+            server.add_secure_port(address, credentials)
     except RuntimeError:
         raise OSError(f"cannot listen on {address}: the port is in use or not allowed") from None
     metrics_server, metrics_thread = start_http_server(

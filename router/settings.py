@@ -2,17 +2,33 @@
 
 Environment variables win over the file: SWITCHYARD_ROUTER_REDIS_URL, and for nested
 values SWITCHYARD_ROUTER_TASKS__TOPIC__CONFIDENCE_THRESHOLD. Credentials belong in the
-environment (the Redis URL), never in the file.
+environment (SWITCHYARD_ROUTER_REDIS_PASSWORD, or a Redis URL that carries one), never in the
+file: `load_settings` refuses a file that holds a password.
 """
 
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from services.readable_file import ReadableFile
+from services.redis_connection import RedisSettings
+
 __all__ = ["RouterSettings", "TaskSettings", "load_settings"]
+
+# Settings that name a file: a relative path in the YAML file is relative to that file.
+_PATHS = (
+    "model_repository",
+    "tls_cert_file",
+    "tls_key_file",
+    "tls_client_ca_file",
+    "redis_tls_ca_file",
+    "redis_tls_cert_file",
+    "redis_tls_key_file",
+)
 
 
 class TaskSettings(BaseModel):
@@ -24,14 +40,17 @@ class TaskSettings(BaseModel):
     max_text_length: int = Field(4000, gt=0, description="characters")
 
 
-class RouterSettings(BaseSettings):
+class RouterSettings(RedisSettings, BaseSettings):
+    """The Redis connection (URL, credentials, TLS) comes from RedisSettings. The gRPC port
+    serves TLS when tls_cert_file and tls_key_file are set, and then also requires client
+    certificates signed by tls_client_ca_file when that is set (mutual TLS)."""
+
     model_config = SettingsConfigDict(
         env_prefix="SWITCHYARD_ROUTER_", env_nested_delimiter="__", frozen=True
     )
 
     tasks: dict[str, TaskSettings]
     model_repository: Path
-    redis_url: str = "redis://127.0.0.1:6379/0"
     redis_cluster: bool = False
     redis_timeout_ms: float = Field(50.0, gt=0)
     triton_url: str = "127.0.0.1:8001"
@@ -52,6 +71,9 @@ class RouterSettings(BaseSettings):
         0.0, ge=0, description="NOT_SERVING but still answering, before the port closes"
     )
     shutdown_grace_seconds: float = Field(5.0, ge=0, description="for in-flight requests")
+    tls_cert_file: ReadableFile | None = None
+    tls_key_file: ReadableFile | None = None
+    tls_client_ca_file: ReadableFile | None = None
 
     @field_validator("tasks")
     @classmethod
@@ -64,6 +86,14 @@ class RouterSettings(BaseSettings):
             else task.model_copy(update={"cache_namespace": name})
             for name, task in tasks.items()
         }
+
+    @model_validator(mode="after")
+    def _tls_files(self) -> "RouterSettings":
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            raise ValueError("tls_cert_file and tls_key_file go together")
+        if self.tls_client_ca_file is not None and self.tls_cert_file is None:
+            raise ValueError("tls_client_ca_file needs tls_cert_file and tls_key_file")
+        return self
 
     @classmethod
     def settings_customise_sources(
@@ -83,6 +113,19 @@ def load_settings(path: Path, **overrides: Any) -> RouterSettings:
     data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     if not isinstance(data, dict):
         raise ValueError(f"{path}: expected a mapping of settings")
-    if "model_repository" in data:
-        data["model_repository"] = (path.parent / data["model_repository"]).resolve()
+    # A file is committed, copied into images and mounted from ConfigMaps: no place for a
+    # credential. The messages name the setting, never the value.
+    if data.get("redis_password") is not None:
+        raise ValueError(
+            f"{path}: redis_password must not be in the settings file; "
+            "set SWITCHYARD_ROUTER_REDIS_PASSWORD in the environment"
+        )
+    if isinstance(data.get("redis_url"), str) and urlsplit(data["redis_url"]).password:
+        raise ValueError(
+            f"{path}: redis_url holds a password, which must not be in the settings file; "
+            "set SWITCHYARD_ROUTER_REDIS_PASSWORD in the environment"
+        )
+    for name in _PATHS:
+        if isinstance(data.get(name), str):
+            data[name] = (path.parent / data[name]).resolve()
     return RouterSettings(**(data | overrides))

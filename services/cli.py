@@ -2,11 +2,14 @@
 
 import json
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
 from rich.table import Table
+
+if TYPE_CHECKING:
+    from pydantic import ValidationError
 
 __all__ = ["app"]
 
@@ -24,6 +27,15 @@ app.add_typer(router_app, name="router")
 def _fail(message: str) -> typer.Exit:
     Console(stderr=True, soft_wrap=True).print(f"[bold red]error:[/] {message}", highlight=False)
     return typer.Exit(code=2)
+
+
+def _settings_error(what: str, exc: "ValidationError") -> typer.Exit:
+    """One line per problem, naming the setting but never echoing its value (a password)."""
+    problems = [
+        ": ".join(filter(None, [".".join(str(part) for part in error["loc"]), error["msg"]]))
+        for error in exc.errors(include_url=False, include_input=False, include_context=False)
+    ]
+    return _fail(f"{what}: {'; '.join(problems)}")
 
 
 def _percent(value: float) -> str:
@@ -315,7 +327,7 @@ def batch_run(
     except BatchError as exc:
         raise _fail(str(exc)) from None
     except ValidationError as exc:
-        raise _fail(f"batch settings: {exc}".replace("\n", "; ")) from None
+        raise _settings_error("batch settings", exc) from None
     if metrics_file is not None:
         write_metrics(metrics_file, summary, time.time())
     table = Table(title=f"batch run: {task} -> {summary.namespace}, shard {shard}")
@@ -370,7 +382,9 @@ def router_serve(
     try:
         settings = load_settings(config, **{k: v for k, v in overrides.items() if v is not None})
         asyncio.run(serve(settings))
-    except (OSError, ValueError, ValidationError) as exc:
+    except ValidationError as exc:
+        raise _settings_error("router settings", exc) from None
+    except (OSError, ValueError) as exc:
         raise _fail(f"router: {exc}".replace("\n", "; ")) from None
 
 
@@ -379,11 +393,47 @@ def router_check(
     address: Annotated[str, typer.Option(help="Router address.")] = "127.0.0.1:50051",
     service: Annotated[str, typer.Option(help="Health service name; empty for overall.")] = "",
     timeout: Annotated[float, typer.Option(help="Deadline in seconds.")] = 2.0,
+    tls_ca_file: Annotated[
+        Path | None,
+        typer.Option(
+            envvar="SWITCHYARD_CHECK_TLS_CA_FILE",
+            help="Connect with TLS, trusting this CA (the system's CAs when only other TLS "
+            "options are given).",
+        ),
+    ] = None,
+    tls_cert_file: Annotated[
+        Path | None,
+        typer.Option(
+            envvar="SWITCHYARD_CHECK_TLS_CERT_FILE",
+            help="Client certificate, for a router that requires one (mutual TLS).",
+        ),
+    ] = None,
+    tls_key_file: Annotated[
+        Path | None,
+        typer.Option(envvar="SWITCHYARD_CHECK_TLS_KEY_FILE", help="Key of --tls-cert-file."),
+    ] = None,
+    tls_server_name: Annotated[
+        str | None,
+        typer.Option(
+            envvar="SWITCHYARD_CHECK_TLS_SERVER_NAME",
+            help="Name the router's certificate must hold, when the address is not in it "
+            "(e.g. 127.0.0.1 inside the router's container).",
+        ),
+    ] = None,
 ) -> None:
     """Exit 0 when the router's gRPC health check says SERVING (for container health checks)."""
     from services.stack.health import router_serving
 
-    status = router_serving(address, service, timeout)
+    credentials = None
+    if tls_ca_file or tls_cert_file or tls_key_file or tls_server_name:
+        # Only here: a plaintext probe keeps to the lighter imports.
+        from router.tls import channel_credentials
+
+        try:
+            credentials = channel_credentials(tls_ca_file, tls_cert_file, tls_key_file)
+        except (OSError, ValueError) as exc:
+            raise _fail(f"router check: {exc}") from None
+    status = router_serving(address, service, timeout, credentials, tls_server_name)
     if status != "SERVING":
         raise _fail(f"router at {address}: {status}")
     print("SERVING")

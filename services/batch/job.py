@@ -22,18 +22,19 @@ from services.batch.inputs import InputFormat, TextSet, format_of, read_file
 from services.batch.store import FlipOutcome, GenerationStore, connect
 from services.batch.teacher import TeacherInfo
 from services.cache_schema import CachedPrediction
+from services.redis_connection import RedisSettings
 
 __all__ = ["BatchOptions", "BatchSettings", "BatchSummary", "Shard", "run_batch"]
 
 _EIGHT_DAYS = 8 * 24 * 3600
 
 
-class BatchSettings(BaseSettings):
-    """Deployment settings; the environment (SWITCHYARD_BATCH_REDIS_URL, ...) sets them."""
+class BatchSettings(RedisSettings, BaseSettings):
+    """Deployment settings; the environment (SWITCHYARD_BATCH_REDIS_URL, ...) sets them. The
+    Redis connection (URL, credentials, TLS) comes from RedisSettings."""
 
     model_config = SettingsConfigDict(env_prefix="SWITCHYARD_BATCH_", frozen=True)
 
-    redis_url: str = "redis://127.0.0.1:6379/0"
     redis_timeout_seconds: float = Field(10.0, gt=0)
     build_dir: Path = Path("build")
     # A weekly schedule plus a day of slack: a generation outlives the run that replaces it.
@@ -133,7 +134,7 @@ def run_batch(options: BatchOptions, settings: BatchSettings) -> BatchSummary:
     run_id = _run_id(options, namespace, teacher, settings.max_chars)
 
     store = GenerationStore(
-        connect(settings.redis_url, settings.redis_timeout_seconds), namespace, settings.ttl_seconds
+        connect(settings, settings.redis_timeout_seconds), namespace, settings.ttl_seconds
     )
     try:
         _label_and_publish(options, settings, teacher, texts, store, run_id, summary)

@@ -28,6 +28,7 @@ from services.cache_schema import (
     prediction_key_for_hash,
     text_hash,
 )
+from services.redis_connection import RedisSettings, sync_client
 
 __all__ = ["FlipOutcome", "GenerationStore", "RunState", "connect"]
 
@@ -107,12 +108,10 @@ class RunState:
     flipped: bool
 
 
-def connect(url: str, timeout_s: float) -> "redis.Redis":
-    """A client for `url`, checked with PING; BatchError (without credentials) if unreachable."""
+def connect(settings: RedisSettings, timeout_s: float) -> "redis.Redis":
+    """A client checked with PING; BatchError (without credentials) if unreachable."""
     try:
-        client = redis.Redis.from_url(
-            url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s
-        )
+        client = sync_client(settings, socket_timeout=timeout_s, socket_connect_timeout=timeout_s)
     except ValueError as exc:
         raise BatchError(f"invalid Redis URL: {exc}") from None
     kwargs = client.connection_pool.connection_kwargs

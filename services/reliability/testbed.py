@@ -38,10 +38,11 @@ _SWITCHYARD = [sys.executable, "-m", "services.cli"]
 
 
 class RouterProcess:
-    """`switchyard router serve` in a child process, with its own settings file.
+    """`switchyard router serve` in a child process, with its own settings file and log.
 
     The settings are those of a test deployment: fast health polls and breaker resets, small
-    limits; `overrides` replace any of them.
+    limits; `overrides` replace any of them. `env` is added to the child's environment, and
+    `credentials` make every channel to it (the readiness check too) a TLS channel.
     """
 
     def __init__(
@@ -50,9 +51,12 @@ class RouterProcess:
         repository: Path,
         redis_url: str,
         triton_port: int,
+        *,
         env: dict[str, str] | None = None,
+        credentials: grpc.ChannelCredentials | None = None,
         **overrides: Any,
     ) -> None:
+        self.credentials = credentials
         self.grpc_port = free_port()
         self.metrics_port = free_port()
         self.address = f"127.0.0.1:{self.grpc_port}"
@@ -77,7 +81,13 @@ class RouterProcess:
         self.config.write_text(yaml.safe_dump(self.settings))
         self.process: subprocess.Popen[bytes] | None = None
 
-    def start(self, timeout_s: float = 60.0) -> None:
+    def channel(self) -> grpc.Channel:
+        if self.credentials is None:
+            return grpc.insecure_channel(self.address)
+        return grpc.secure_channel(self.address, self.credentials)
+
+    def start(self, timeout_s: float = 60.0, serving: bool = True) -> None:
+        """Start, and wait until health says SERVING (or answers at all, unless `serving`)."""
         with self.log.open("ab") as log:
             self.process = subprocess.Popen(
                 [
@@ -94,7 +104,7 @@ class RouterProcess:
                 env={**os.environ, **self.env},
                 start_new_session=True,
             )
-        with grpc.insecure_channel(self.address) as channel:
+        with self.channel() as channel:
             health = health_pb2_grpc.HealthStub(channel)
             deadline = time.monotonic() + timeout_s
             while time.monotonic() < deadline:
@@ -102,7 +112,7 @@ class RouterProcess:
                     raise RuntimeError(f"router exited:\n{self.log_text()[-3000:]}")
                 try:
                     request = health_pb2.HealthCheckRequest(service="")
-                    if health.Check(request, timeout=1).status == SERVING:
+                    if health.Check(request, timeout=1).status == SERVING or not serving:
                         return
                 except grpc.RpcError:
                     pass
