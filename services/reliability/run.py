@@ -84,10 +84,16 @@ def run_reliability(
         corpus = Corpus.publish(bed)
         for name in names:
             say(f"scenario {name} ...")
-            if name == "soak":
-                result = scenarios.soak(bed, corpus, options.soak_seconds or 30.0)
-            else:
-                result = FAST_SCENARIOS[name](bed, corpus)
+            try:
+                if name == "soak":
+                    result = scenarios.soak(bed, corpus, options.soak_seconds or 30.0)
+                else:
+                    result = FAST_SCENARIOS[name](bed, corpus)
+            except Exception as exc:
+                # The testbed may be broken now: report what ran, and stop here.
+                say(f"  FAILED: {type(exc).__name__}: {exc}")
+                results.append(ScenarioResult(name, "crashed", 0, {}, checks={str(exc): False}))
+                break
             verdict = "passed" if result.passed else "FAILED"
             say(f"  {verdict}: {result.sent} requests, {result.failed} not OK")
             results.append(result)
@@ -96,7 +102,7 @@ def run_reliability(
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(started)),
         "machine": f"{platform.machine()}, {psutil.cpu_count()} CPUs, "
         f"{psutil.virtual_memory().total / 2**30:.0f} GiB",
-        "models": str(repository),
+        "models": _describe_build(options.build_dir),
     }
     document = {"facts": facts, "results": [asdict(r) | {"passed": r.passed} for r in results]}
     (options.out_dir / "results.json").write_text(json.dumps(document, indent=2), encoding="utf-8")
@@ -107,6 +113,14 @@ def run_reliability(
     return results
 
 
+def _describe_build(build_dir: Path) -> str:
+    report = build_dir / "report.json"
+    profile = (
+        json.loads(report.read_text(encoding="utf-8")).get("profile") if report.exists() else None
+    )
+    return f"the {profile} profile's models" if profile else f"the models of {build_dir}"
+
+
 def _number(value: float) -> str:
     if value == float("inf"):
         return "never"
@@ -115,7 +129,7 @@ def _number(value: float) -> str:
 
 def render(results: list[ScenarioResult], facts: dict[str, str]) -> str:
     lines = [
-        f"Run of {facts['date']} on {facts['machine']}.",
+        f"Run of {facts['date']} on {facts['machine']}, with {facts['models']}.",
         "",
         "| scenario | requests | not OK | status codes | passed |",
         "|---|---|---|---|---|",

@@ -241,7 +241,8 @@ def generation_flips(bed: Testbed, corpus: Corpus, flips: int = 12) -> ScenarioR
 def slow_triton(
     bed: Testbed, corpus: Corpus, stall_s: float = 3.0, deadline_s: float = 0.5
 ) -> ScenarioResult:
-    """Triton stalled (SIGSTOP): model requests end at their deadline, cache hits go on.
+    """Triton stalled (no byte flows to or from it): model requests end at their deadline,
+    cache hits go on.
 
     Requests with a client deadline must end with DEADLINE_EXCEEDED by it; requests without
     one by the router's own Triton timeout (`triton_timeout_ms`).
@@ -253,14 +254,14 @@ def slow_triton(
     unbounded = _traffic(bed, corpus.uncached[::-1], clients=2, timeout_s=None).start()
     try:
         time.sleep(1.5)
-        bed.pause_triton(True)
+        bed.stall_triton(True)
         stalled = time.monotonic()
         time.sleep(stall_s)
-        bed.pause_triton(False)
+        bed.stall_triton(False)
         resumed = time.monotonic()
         time.sleep(3.0)
     finally:
-        bed.pause_triton(False)
+        bed.stall_triton(False)
         hit_outcomes, bounded_outcomes, unbounded_outcomes = (
             hits.stop(),
             bounded.stop(),
@@ -277,8 +278,8 @@ def slow_triton(
     recovery_s = _first(bounded_outcomes, resumed, lambda o: o.ok)
     return ScenarioResult(
         name="triton-stalled",
-        fault=f"Triton stalled (SIGSTOP) for {stall_s:.0f} s under cache-route load and "
-        f"model-route load with a {deadline_s * 1000:.0f} ms deadline and without one "
+        fault=f"Triton stalled (its connection frozen) for {stall_s:.0f} s under cache-route "
+        f"load and model-route load with a {deadline_s * 1000:.0f} ms deadline and without one "
         f"(router's Triton timeout {triton_timeout_s * 1000:.0f} ms)",
         sent=len(outcomes),
         codes=_codes(outcomes),

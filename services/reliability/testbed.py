@@ -4,7 +4,6 @@ Every process is started here and stopped by `Testbed.stop` (or the context mana
 when a scenario fails half way.
 """
 
-import contextlib
 import json
 import os
 import signal
@@ -29,6 +28,7 @@ from services.cache_schema import (
 )
 from services.ports import free_port
 from services.redis_server import RedisServer
+from services.reliability.proxy import StallingProxy
 from services.triton.server import TritonServer, TritonSettings
 
 __all__ = ["RouterProcess", "Testbed", "publish_generation", "task_labels"]
@@ -64,7 +64,7 @@ class RouterProcess:
         self.log = directory / f"router-{self.grpc_port}.log"
         self.env = env or {}
         settings: dict[str, Any] = {
-            "model_repository": str(repository),
+            "model_repository": str(repository.resolve()),
             "redis_url": redis_url,
             "triton_url": f"127.0.0.1:{triton_port}",
             "grpc_port": self.grpc_port,
@@ -189,18 +189,17 @@ class Testbed:
             metrics_port=free_port(),
         )
         self.triton = TritonServer(self.triton_settings)
+        # The router reaches Triton through a proxy that can stall, as a stuck Triton would.
+        self.triton_proxy = StallingProxy(self.triton_settings.grpc_port)
         self.router = RouterProcess(
-            directory,
-            repository,
-            self.redis.url,
-            self.triton_settings.grpc_port,
-            **router_overrides,
+            directory, repository, self.redis.url, self.triton_proxy.port, **router_overrides
         )
 
     def start(self) -> None:
         try:
             self.redis.start()
             self.triton.start()
+            self.triton_proxy.start()
             self.router.start()
         except BaseException:
             self.stop()
@@ -211,15 +210,14 @@ class Testbed:
         self.triton = TritonServer(self.triton_settings)
         self.triton.start()
 
-    def pause_triton(self, paused: bool) -> None:
-        """SIGSTOP or SIGCONT Triton's process group: a model that answers nothing, ever."""
-        if self.triton.pid is not None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.triton.pid, signal.SIGSTOP if paused else signal.SIGCONT)
+    def stall_triton(self, stalled: bool) -> None:
+        """Stop (or resume) every byte between the router and Triton: a model that answers
+        nothing, for as long as the stall lasts."""
+        self.triton_proxy.stall(stalled)
 
     def stop(self) -> None:
         self.router.stop()
-        self.pause_triton(False)
+        self.triton_proxy.stop()
         self.triton.stop()
         self.redis.stop()
 

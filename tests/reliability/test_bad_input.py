@@ -118,7 +118,7 @@ def test_a_long_unknown_task_is_clipped_in_the_message(router: RouterProcess) ->
 def test_the_concurrency_limit_is_enforced(tiny_build: Path, tmp_path: Path) -> None:
     """Past `max_concurrent_rpcs` the router refuses at once with RESOURCE_EXHAUSTED."""
     with Testbed(tmp_path, tiny_build / "model_repository", max_concurrent_rpcs=3) as bed:
-        bed.pause_triton(True)  # every model request now waits for the Triton timeout
+        bed.stall_triton(True)  # every model request now waits for the Triton timeout
         with grpc.insecure_channel(bed.router.address) as channel:
             call = channel.unary_unary(
                 "/switchyard.v1.Router/Predict",
@@ -134,7 +134,7 @@ def test_the_concurrency_limit_is_enforced(tiny_build: Path, tmp_path: Path) -> 
                     codes.append(("OK", ""))
                 except grpc.RpcError as exc:
                     codes.append((exc.code().name, exc.details()))
-        bed.pause_triton(False)
+        bed.stall_triton(False)
     refused = [details for code, details in codes if code == "RESOURCE_EXHAUSTED"]
     assert len(refused) == 7, codes
     assert all("Concurrent RPC limit" in details for details in refused)
