@@ -6,7 +6,6 @@ server runs in its own process group, so stopping it also stops every backend st
 """
 
 import contextlib
-import ctypes
 import importlib.util
 import os
 import re
@@ -20,7 +19,6 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
 from pathlib import Path
 
 from pydantic import Field
@@ -31,7 +29,6 @@ from services.triton.runtime_repository import RuntimeRepository, SyncReport
 __all__ = ["TritonError", "TritonServer", "TritonSettings"]
 
 _SHM_DIR = Path("/dev/shm")
-_PR_SET_PDEATHSIG = 1
 
 
 class TritonSettings(BaseSettings):
@@ -62,17 +59,17 @@ def _pytriton_root() -> Path:
     return Path(spec.origin).parent / "tritonserver"
 
 
-def _stop_with_parent() -> Callable[[], None]:
-    """A pre-exec hook that has the child get SIGTERM when the launcher dies (even SIGKILL).
+def _stop_with_parent(command: list[str]) -> list[str]:
+    """`command` run so that it gets SIGTERM when the launcher dies (even by SIGKILL).
 
-    libc is resolved here, in the parent, so the child only makes one system call.
+    util-linux's setpriv sets the parent-death signal and execs the command. A Python
+    preexec_fn would do the same, but it runs Python in the forked child, which can crash or
+    deadlock when other threads of the launcher (gRPC clients, load generators) hold locks.
     """
-    prctl = ctypes.CDLL(None, use_errno=True).prctl
-
-    def hook() -> None:
-        prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
-
-    return hook
+    setpriv = shutil.which("setpriv")
+    if setpriv is None:
+        raise TritonError("setpriv (util-linux) is missing: apt-get install util-linux")
+    return [setpriv, "--pdeathsig", "TERM", "--", *command]
 
 
 def _pid_alive(pid: int) -> bool:
@@ -182,12 +179,11 @@ class TritonServer:
             command.append(f"--cache-config=local,size={settings.cache_size}")
         with self._log_path.open("wb") as log:
             self._process = subprocess.Popen(
-                command,
+                _stop_with_parent(command),
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 env=env,
                 start_new_session=True,
-                preexec_fn=_stop_with_parent(),
             )
         self._wait_ready()
         return report
