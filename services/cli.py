@@ -22,6 +22,8 @@ batch_app = typer.Typer(help="The offline batch job: teacher predictions into th
 app.add_typer(batch_app, name="batch")
 router_app = typer.Typer(help="The gRPC router: cache route (Redis) or model route (Triton).")
 app.add_typer(router_app, name="router")
+prompts_app = typer.Typer(help="Zero-, one- and few-shot prompting of a packaged LLM.")
+app.add_typer(prompts_app, name="prompts")
 
 
 def _fail(message: str) -> typer.Exit:
@@ -288,6 +290,14 @@ def batch_run(
         Path | None, typer.Option(help="Write run metrics here (Prometheus textfile format).")
     ] = None,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+    teacher: Annotated[
+        str, typer.Option(help="model (the build's fine-tuned teacher) or llm-fewshot.")
+    ] = "model",
+    shots: Annotated[int, typer.Option(help="Examples per prompt (llm-fewshot).")] = 3,
+    selection: Annotated[
+        str, typer.Option(help="How examples are chosen: nearest or random (llm-fewshot).")
+    ] = "nearest",
+    seed: Annotated[int, typer.Option(help="Seed of the example draw (llm-fewshot).")] = 0,
 ) -> None:
     """Label texts with the task's teacher into a new cache generation, then flip to it."""
     import time
@@ -322,6 +332,10 @@ def batch_run(
             input_format=input_format,
             text_field=text_field,
             show_progress=progress,
+            teacher=teacher,
+            shots=shots,
+            selection=selection,
+            seed=seed,
         )
         summary = run_batch(options, settings)
     except BatchError as exc:
@@ -630,6 +644,76 @@ def reliability(
     console.print((out / "results.md").read_text(encoding="utf-8"), highlight=False, markup=False)
     if not all(result.passed for result in results):
         raise typer.Exit(1)
+
+
+@prompts_app.command("eval")
+def prompts_eval(
+    task: Annotated[str, typer.Option(help="Task whose test split is sampled.")],
+    shots: Annotated[str, typer.Option(help="Shot counts, comma separated.")] = "0,1,3,5",
+    n: Annotated[int, typer.Option(help="Test texts in the sample.")] = 40,
+    seed: Annotated[int, typer.Option(help="Seed of the sample and of the example draws.")] = 0,
+    selection: Annotated[str, typer.Option(help="random or nearest (by embedding).")] = "random",
+    prompt_format: Annotated[
+        str, typer.Option("--format", help="plain (input: label lines) or chat.")
+    ] = "plain",
+    max_chars: Annotated[
+        int | None, typer.Option(help="Clip each text to this many characters [300].")
+    ] = None,
+    build: Annotated[Path, typer.Option(help="Build folder with the student.")] = Path("build"),
+    out: Annotated[Path | None, typer.Option(help="Write the results as JSON here.")] = None,
+) -> None:
+    """Accuracy and macro-F1 of the prompted LLM per shot count, beside the student."""
+    import json
+
+    from pydantic import ValidationError
+
+    from services.prompts.errors import PromptError
+    from services.prompts.evaluate import PromptEvalOptions, PromptSettings, evaluate_prompts
+
+    if selection not in ("random", "nearest"):
+        raise _fail(f"unknown selection {selection!r}; use random or nearest")
+    if prompt_format not in ("plain", "chat"):
+        raise _fail(f"unknown format {prompt_format!r}; use plain or chat")
+    try:
+        counts = [int(count) for count in shots.split(",")]
+    except ValueError:
+        raise _fail(f"--shots must be counts separated by commas, got {shots!r}") from None
+    console = Console(soft_wrap=True)
+    try:
+        options = PromptEvalOptions(task, counts, n, seed, selection, prompt_format, build)  # type: ignore[arg-type]
+        overrides: dict[str, Any] = {} if max_chars is None else {"max_chars": max_chars}
+        settings = PromptSettings(**overrides)
+        report = evaluate_prompts(
+            options, settings, lambda line: console.print(line, highlight=False)
+        )
+    except PromptError as exc:
+        raise _fail(str(exc)) from None
+    except ValidationError as exc:
+        raise _settings_error("prompt settings", exc) from None
+    table = Table(
+        title=f"{task}: {report['n']} test texts, seed {seed}, {selection} examples, "
+        f"{prompt_format} prompts (template {report['template_hash']})"
+    )
+    for column in ("model", "accuracy", "macro-F1", "prompt tokens (mean/max)", "s/prediction"):
+        table.add_column(column, justify="left" if column == "model" else "right")
+    for row in report["rows"]:
+        tokens = (
+            f"{row['prompt_tokens_mean']:.0f} / {row['prompt_tokens_max']}"
+            if row["prompt_tokens_max"] is not None
+            else "-"
+        )
+        table.add_row(
+            row["model"],
+            _percent(row["accuracy"]),
+            f"{row['macro_f1']:.3f}",
+            tokens,
+            f"{row['seconds_per_prediction']:.3f}",
+        )
+    Console(width=130).print(table)
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(report, indent=2), encoding="utf-8")
+        console.print(f"results: {out}")
 
 
 @app.command("predict")

