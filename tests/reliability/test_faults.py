@@ -44,6 +44,6 @@ def test_short_soak(testbed: Testbed, corpus: Corpus) -> None:
     """The soak's checks on a short run at half the capacity, so tests running beside it on
     shared CI cores cannot push it over; `switchyard reliability --soak-seconds` runs the real
     soak at 80%."""
-    result = scenarios.soak(testbed, corpus, seconds=24, load=0.5, probe_s=3)
+    result = scenarios.soak(testbed, corpus, seconds=16, load=0.5, probe_s=3)
     assert result.numbers["achieved rate (req/s)"] > 0.9 * result.numbers["offered rate (req/s)"]
     assert result.passed, _explain(result)
