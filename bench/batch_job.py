@@ -23,13 +23,12 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from services.batch.labeller import TeacherLabeller
 from services.batch.store import GenerationStore
 from services.batch.teacher import TeacherInfo
-from services.cache_schema import CachedPrediction, text_hash
+from services.contracts.cache_schema import CachedPrediction, text_hash
+from services.contracts.text import normalize_text
 from services.pipeline.datasets import load_task
-from services.redis_server import RedisServer
-from services.text import normalize_text
+from services.processes.redis_server import RedisServer
 
 _TTL_SECONDS = 3600
 _PIPELINE_CHUNK = 1000
@@ -73,7 +72,7 @@ def writer_per_second(
 
 def teacher_rows_per_second(info: TeacherInfo, rows: int) -> float:
     texts = [normalize_text(e.text) for e in load_task(info.task).examples[:rows]]
-    labeller = TeacherLabeller(info, batch_size=32)
+    labeller = info.labeller(batch_size=32)
     labeller.label(texts[:32])  # warm-up
     started = time.perf_counter()
     labeller.label(texts)

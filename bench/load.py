@@ -1,20 +1,123 @@
-"""Load generators: closed loop (N clients back to back) and open loop (fixed arrival rate).
+"""The one load generator, used by `switchyard bench` and by the reliability scenarios and soak.
 
-The open loop times each request from when it was due, not from when it was sent, so a
-stalled server shows up as latency instead of as fewer requests (no coordinated omission).
-Both stop by themselves after their duration; the open loop then waits at most `drain_s` for
-requests still in flight and counts those as errors.
+Closed loop: N clients, each sending its next request when the last one ended (optionally
+after a pause). Open loop: requests start at a fixed rate whatever the server does, and each
+is timed from when it was due, not from when it was sent, so a stalled server shows up as
+latency instead of as fewer requests (no coordinated omission). Every request is recorded
+as a `Sample`, with its result or its error.
 """
 
 import asyncio
+import itertools
 import statistics
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
 
-__all__ = ["Call", "Run", "closed_loop", "open_loop"]
+__all__ = ["Call", "LoadGenerator", "Overloaded", "Run", "Sample", "closed_loop", "open_loop"]
 
-Call = Callable[[int], Awaitable[object]]
+Result = TypeVar("Result")
+Call = Callable[[int], Awaitable[Result]]
+
+
+class Overloaded(Exception):
+    """The open loop skipped a request: too many were in flight already."""
+
+
+@dataclass(frozen=True)
+class Sample(Generic[Result]):
+    """One request: when it was due, started and ended (time.monotonic), and how it went."""
+
+    index: int
+    due: float
+    started: float
+    ended: float
+    result: Result | None = None
+    error: BaseException | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+    @property
+    def latency_s(self) -> float:
+        """From when the request was due, so time spent queued behind others counts."""
+        return self.ended - self.due
+
+
+class LoadGenerator(Generic[Result]):
+    """Sends `call(index)` on the running event loop and hands each Sample to `record`.
+    Both loops run while `running()` says so, then wait for the requests in flight."""
+
+    def __init__(self, call: Call[Result], record: Callable[[Sample[Result]], None]) -> None:
+        self._call = call
+        self._record = record
+        self._indices = itertools.count()
+        self._started: dict[int, float] = {}
+
+    async def _one(self, due: float, index: int | None = None) -> None:
+        index = next(self._indices) if index is None else index
+        started = self._started[index] = time.monotonic()
+        try:
+            result = await self._call(index)
+        except Exception as exc:
+            self._record(Sample(index, due, started, time.monotonic(), error=exc))
+        else:
+            self._record(Sample(index, due, started, time.monotonic(), result=result))
+        finally:
+            self._started.pop(index, None)
+
+    async def closed_loop(
+        self, clients: int, running: Callable[[], bool], pause_s: float = 0.0
+    ) -> None:
+        async def client() -> None:
+            while running():
+                await self._one(time.monotonic())
+                if pause_s:
+                    await asyncio.sleep(pause_s)
+
+        await asyncio.gather(*(client() for _ in range(clients)))
+
+    async def open_loop(
+        self,
+        rate: float,
+        running: Callable[[], bool],
+        max_outstanding: int | None = None,
+        drain_s: float | None = None,
+    ) -> None:
+        """One request every 1/rate s. Beyond `max_outstanding` in flight a slot is skipped
+        and recorded as Overloaded, so overload shows as errors; requests still in flight
+        `drain_s` after the loop ends are cancelled and recorded as TimeoutError."""
+        in_flight: dict[asyncio.Task[None], tuple[int, float]] = {}
+        started = time.monotonic()
+        for slot in itertools.count():
+            if not running():
+                break
+            due = started + slot / rate
+            delay = due - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            if max_outstanding is not None and len(in_flight) >= max_outstanding:
+                now = time.monotonic()
+                skipped = Overloaded(f"{len(in_flight)} requests in flight")
+                self._record(Sample(next(self._indices), due, now, now, error=skipped))
+                continue
+            index = next(self._indices)
+            task = asyncio.create_task(self._one(due, index))
+            in_flight[task] = (index, due)
+            task.add_done_callback(in_flight.pop)
+        if not in_flight:
+            return
+        _, pending = await asyncio.wait(list(in_flight), timeout=drain_s)
+        late = {task: in_flight[task] for task in pending}
+        for task in late:
+            task.cancel()
+        await asyncio.gather(*late, return_exceptions=True)
+        for index, due in late.values():
+            began = self._started.pop(index, due)
+            error = TimeoutError(f"no answer {drain_s} s after the load ended")
+            self._record(Sample(index, due, began, time.monotonic(), error=error))
 
 
 @dataclass(frozen=True)
@@ -22,6 +125,11 @@ class Run:
     latencies_ms: list[float]
     seconds: float
     errors: int
+
+    @classmethod
+    def of(cls, samples: Sequence[Sample[Any]], seconds: float) -> "Run":
+        latencies = [sample.latency_s * 1000 for sample in samples if sample.ok]
+        return cls(latencies, seconds, sum(not sample.ok for sample in samples))
 
     @property
     def throughput(self) -> float:
@@ -44,53 +152,25 @@ class Run:
         }
 
 
-async def closed_loop(call: Call, concurrency: int, seconds: float, warmup: int = 20) -> Run:
+def _until(seconds: float) -> Callable[[], bool]:
+    deadline = time.monotonic() + seconds
+    return lambda: time.monotonic() < deadline
+
+
+async def closed_loop(
+    call: Call[object], concurrency: int, seconds: float, warmup: int = 20
+) -> Run:
+    """`concurrency` clients back to back for `seconds`, after `warmup` sequential calls."""
     for index in range(warmup):
         await call(index)
-    latencies: list[float] = []
-    errors = 0
-    deadline = time.monotonic() + seconds
-
-    async def client(offset: int) -> None:
-        nonlocal errors
-        index = offset
-        while time.monotonic() < deadline:
-            started = time.perf_counter()
-            try:
-                await call(index)
-            except Exception:
-                errors += 1
-            else:
-                latencies.append((time.perf_counter() - started) * 1000)
-            index += concurrency
-
-    started = time.perf_counter()
-    await asyncio.gather(*(client(i) for i in range(concurrency)))
-    return Run(latencies, time.perf_counter() - started, errors)
+    samples: list[Sample[object]] = []
+    started = time.monotonic()
+    await LoadGenerator(call, samples.append).closed_loop(concurrency, _until(seconds))
+    return Run.of(samples, time.monotonic() - started)
 
 
-async def open_loop(call: Call, rate: float, seconds: float, drain_s: float = 5.0) -> Run:
-    latencies: list[float] = []
-    errors = 0
-
-    async def one(index: int, due: float) -> None:
-        nonlocal errors
-        try:
-            await call(index)
-        except Exception:
-            errors += 1
-        else:
-            latencies.append((time.perf_counter() - due) * 1000)
-
-    tasks = []
-    started = time.perf_counter()
-    for index in range(int(rate * seconds)):
-        due = started + index / rate
-        delay = due - time.perf_counter()
-        if delay > 0:
-            await asyncio.sleep(delay)
-        tasks.append(asyncio.create_task(one(index, due)))
-    _, pending = await asyncio.wait(tasks, timeout=drain_s) if tasks else (set(), set())
-    for task in pending:
-        task.cancel()
-    return Run(latencies, seconds, errors + len(pending))
+async def open_loop(call: Call[object], rate: float, seconds: float, drain_s: float = 5.0) -> Run:
+    """`rate` requests per second for `seconds`; what is unanswered `drain_s` later fails."""
+    samples: list[Sample[object]] = []
+    await LoadGenerator(call, samples.append).open_loop(rate, _until(seconds), drain_s=drain_s)
+    return Run.of(samples, seconds)

@@ -16,45 +16,49 @@ from typing import Annotated
 import grpc
 import typer
 
-from router._generated.switchyard.v1 import router_pb2, router_pb2_grpc
+from router import contract
+from router.answers import Route
 
 app = typer.Typer(help="Baseline servers for `switchyard bench`.")
+_CACHE, _MODEL = contract.route_to_wire(Route.CACHE), contract.route_to_wire(Route.MODEL)
 
 
-class FloorServicer(router_pb2_grpc.RouterServicer):
+class FloorServicer(contract.RouterServicer):
     def __init__(self, redis_url: str) -> None:
         import redis.asyncio as redis
 
         self._redis = redis.Redis.from_url(redis_url)
 
     async def Predict(  # noqa: N802 - the RPC's name
-        self, request: router_pb2.PredictRequest, context: grpc.aio.ServicerContext
-    ) -> router_pb2.PredictResponse:
+        self, request: contract.PredictRequest, context: grpc.aio.ServicerContext
+    ) -> contract.PredictResponse:
         value = await self._redis.get(f"bench:floor:{request.text}")
         label = value.decode() if isinstance(value, bytes) else str(value)
-        return router_pb2.PredictResponse(label=label, score=1.0)
+        return contract.PredictResponse(label=label, score=1.0, route=_CACHE)
 
 
-class TeacherServicer(router_pb2_grpc.RouterServicer):
+class TeacherServicer(contract.RouterServicer):
     def __init__(self, build: Path, task: str) -> None:
-        from services.batch.labeller import TeacherLabeller
         from services.batch.teacher import TeacherInfo
 
-        self._labeller = TeacherLabeller(TeacherInfo.read(build, task), batch_size=1)
+        self._labeller = TeacherInfo.read(build, task).labeller(batch_size=1)
 
     async def Predict(  # noqa: N802 - the RPC's name
-        self, request: router_pb2.PredictRequest, context: grpc.aio.ServicerContext
-    ) -> router_pb2.PredictResponse:
+        self, request: contract.PredictRequest, context: grpc.aio.ServicerContext
+    ) -> contract.PredictResponse:
         # In the event loop on purpose: the plain deployment runs one forward pass at a time.
         answer = self._labeller.label([request.text])[0]
-        return router_pb2.PredictResponse(
-            label=answer.label, score=answer.scores[answer.label], scores=answer.scores
+        return contract.PredictResponse(
+            label=answer.label,
+            score=answer.scores[answer.label],
+            scores=answer.scores,
+            route=_MODEL,
         )
 
 
-async def _serve(servicer: router_pb2_grpc.RouterServicer, port: int) -> None:
+async def _serve(servicer: contract.RouterServicer, port: int) -> None:
     server = grpc.aio.server()
-    router_pb2_grpc.add_RouterServicer_to_server(servicer, server)
+    contract.add_RouterServicer_to_server(servicer, server)
     server.add_insecure_port(f"127.0.0.1:{port}")
     await server.start()
     stopping = asyncio.Event()

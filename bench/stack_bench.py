@@ -26,7 +26,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import grpc
 import psutil
 import redis
 import redis.asyncio as redis_aio
@@ -34,14 +33,17 @@ import tritonclient.grpc.aio as triton_aio
 
 from bench import batch_job
 from bench.load import Call, Run, closed_loop, open_loop
-from router._generated.switchyard.v1 import router_pb2, router_pb2_grpc
+from router.client import AsyncRouterClient, Policy
 from router.model import StudentClient
 from services.batch.store import GenerationStore
 from services.batch.teacher import TeacherInfo
-from services.onnx_classifier import OnnxTextClassifier
-from services.ports import free_port
-from services.redis_server import RedisServer
-from services.stack.processes import ManagedProcess, StateFile
+from services.contracts.build_layout import BuildLayout
+from services.contracts.model_repository import ModelVersion
+from services.pipeline.onnx_classifier import OnnxTextClassifier
+from services.processes.ports import free_port
+from services.processes.redis_server import RedisServer
+from services.processes.supervisor import ProcessRecord
+from services.stack.processes import StateFile
 
 __all__ = ["BenchOptions", "run_bench"]
 
@@ -123,7 +125,7 @@ def _child_server(argv: list[str]) -> Iterator[int]:
         process.wait(15)
 
 
-def _stack(state_dir: Path) -> dict[str, ManagedProcess]:
+def _stack(state_dir: Path) -> dict[str, ProcessRecord]:
     processes = {p.name: p for p in StateFile(state_dir).load()}
     needed = ("redis", "triton", "router")
     if any(name not in processes or not processes[name].alive() for name in needed):
@@ -135,25 +137,22 @@ def _texts(options: BenchOptions) -> tuple[list[str], list[str]]:
     """Cached sample queries, and test-split texts the cache does not hold."""
     queries = (options.queries_dir / f"{_TASK}.jsonl").read_text(encoding="utf-8")
     cached = [json.loads(line)["text"] for line in queries.splitlines()]
-    test = (options.build_dir / "work" / _TASK / "data" / "test.jsonl").read_text()
+    test = BuildLayout(options.build_dir).split_file(_TASK, "test").read_text(encoding="utf-8")
     unseen = [json.loads(line)["text"][:600] for line in test.splitlines()[:64]]
     return cached, unseen
 
 
 def _predict(
-    stub: router_pb2_grpc.RouterStub,
-    texts: list[str],
-    policy: router_pb2.RoutePolicy = router_pb2.ROUTE_POLICY_AUTO,
-) -> Call:
+    client: AsyncRouterClient, texts: list[str], policy: Policy = Policy.AUTO
+) -> Call[object]:
     async def call(index: int) -> object:
-        text = texts[index % len(texts)]
-        return await stub.Predict(router_pb2.PredictRequest(task=_TASK, text=text, policy=policy))
+        return await client.predict(_TASK, texts[index % len(texts)], policy=policy)
 
     return call
 
 
 async def _phase(
-    name: str, call: Call, concurrency: int, seconds: float, meter: _CpuMeter
+    name: str, call: Call[object], concurrency: int, seconds: float, meter: _CpuMeter
 ) -> dict[str, Any]:
     cpu, client_cpu = meter.seconds(), time.process_time()
     run = await closed_loop(call, concurrency, seconds)
@@ -178,18 +177,18 @@ async def _measure(options: BenchOptions, say: Callable[[str], None]) -> dict[st
     stack = _stack(options.state_dir)
     redis_url = stack["redis"].address
     cached, unseen = _texts(options)
-    router_channel = grpc.aio.insecure_channel(stack["router"].address)
-    router = router_pb2_grpc.RouterStub(router_channel)
+    # No retries: every phase measures single attempts.
+    router = AsyncRouterClient(stack["router"].address, retries=0)
     router_meter = _CpuMeter([stack["router"].pid, stack["redis"].pid, stack["triton"].pid])
     triton_meter = _CpuMeter([stack["triton"].pid])
 
     cache_route = _predict(router, cached)
-    model_route = _predict(router, unseen, router_pb2.ROUTE_POLICY_MODEL_ONLY)
+    model_route = _predict(router, unseen, Policy.MODEL_ONLY)
 
-    repository = options.build_dir / "model_repository"
+    repository = BuildLayout(options.build_dir).model_repository
     student = StudentClient(stack["triton"].address, repository, 10.0, [16, 32, 64, 128])
     await student.load([_TASK])
-    served = student.models[_TASK]
+    served = student.model(_TASK)
     encoded = [student.encode(served, [text]) for text in unseen]
     triton = triton_aio.InferenceServerClient(stack["triton"].address)
 
@@ -202,8 +201,7 @@ async def _measure(options: BenchOptions, say: Callable[[str], None]) -> dict[st
     async def raw_get(i: int) -> object:
         return await raw.get(f"bench:floor:{cached[i % len(cached)]}")
 
-    version_dir = repository / _TASK / served.version
-    onnx = OnnxTextClassifier(version_dir / "model.onnx", version_dir / "tokenizer.json")
+    onnx = OnnxTextClassifier.of_version(ModelVersion.of(repository, _TASK, served.version))
 
     async def onnx_in_process(i: int) -> object:
         return onnx.logits([unseen[i % len(unseen)]])
@@ -214,8 +212,8 @@ async def _measure(options: BenchOptions, say: Callable[[str], None]) -> dict[st
     floor_argv = ["floor", "--port", str(floor_port), "--redis-url", redis_url]
     teacher_argv = ["teacher", "--port", str(teacher_port), "--build", str(options.build_dir)]
     with _child_server(floor_argv) as floor_pid, _child_server(teacher_argv) as teacher_pid:
-        floor = router_pb2_grpc.RouterStub(grpc.aio.insecure_channel(f"127.0.0.1:{floor_port}"))
-        teacher = router_pb2_grpc.RouterStub(grpc.aio.insecure_channel(f"127.0.0.1:{teacher_port}"))
+        floor = AsyncRouterClient(f"127.0.0.1:{floor_port}", retries=0)
+        teacher = AsyncRouterClient(f"127.0.0.1:{teacher_port}", timeout_s=60.0, retries=0)
 
         floor_call, teacher_call = _predict(floor, cached), _predict(teacher, unseen)
         floor_meter = _CpuMeter([floor_pid, stack["redis"].pid])
@@ -250,10 +248,12 @@ async def _measure(options: BenchOptions, say: Callable[[str], None]) -> dict[st
                            time.process_time() - client_cpu)  # fmt: skip
                 row["rate_per_s"] = best * share
                 rows.append(row)
+        await floor.close()
+        await teacher.close()
     await raw.aclose()
     await triton.close()
     await student.close()
-    await router_channel.close()
+    await router.close()
     return {"rows": rows, "batch": _batch_rates(options, say)}
 
 

@@ -24,8 +24,9 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from services.onnx_classifier import OnnxTextClassifier
-from services.ports import free_port
+from services.contracts.model_repository import latest_version
+from services.pipeline.onnx_classifier import OnnxTextClassifier
+from services.processes.ports import free_port
 from services.triton.server import TritonServer, TritonSettings
 
 # Query-like texts of a few lengths, so both paths see the same realistic token counts.
@@ -116,8 +117,8 @@ def main(
     threads: Annotated[int, typer.Option(help="onnxruntime threads in-process.")] = 2,
     out: Annotated[Path | None, typer.Option(help="Write results JSON here.")] = None,
 ) -> None:
-    version = repository / task / "1"
-    local = OnnxTextClassifier(version / "model.onnx", version / "tokenizer.json", threads=threads)
+    files = latest_version(repository, task)
+    local = OnnxTextClassifier.of_version(files, threads=threads)
     inputs = [local.encode([text]) for text in SAMPLE_TEXTS]
     settings = TritonSettings(
         repository=repository,

@@ -10,14 +10,15 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Sequence
+from collections.abc import Awaitable, Iterable, Sequence
 from typing import Any
 
 import redis.asyncio as redis
+from redis.asyncio.client import PubSub
 from redis.exceptions import RedisError
 
 from router.errors import DependencyUnavailable
-from services.cache_schema import (
+from services.contracts.cache_schema import (
     GENERATIONS_CHANNEL,
     CachedPrediction,
     generation_key,
@@ -31,6 +32,7 @@ from services.cache_schema import (
 __all__ = ["CircuitBreaker", "PredictionCache"]
 
 _log = logging.getLogger(__name__)
+_CLOSE_WAIT_S = 5.0
 
 
 class CircuitBreaker:
@@ -77,6 +79,8 @@ class PredictionCache:
         self._generations: dict[str, str] = {}
         self._created_at: dict[str, float] = {}
         self._tasks: list[asyncio.Task[None]] = []
+        self._pubsub: PubSub | None = None
+        self._closing = False
 
     def generation(self, namespace: str) -> str | None:
         return self._generations.get(namespace)
@@ -110,12 +114,35 @@ class PredictionCache:
         ]
 
     async def close(self) -> None:
+        self._closing = True
         for task in self._tasks:
             task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        pending = await self._settle(self._tasks, _CLOSE_WAIT_S / 10)
+        if pending and self._pubsub is not None:
+            # redis-py can lose a cancellation that lands in one of its calls (Python 3.11's
+            # asyncio.wait_for may swallow it); the task then reads the subscription forever.
+            # Closing the subscription's connection ends that read.
+            await self._pubsub.aclose()
+            pending = await self._settle(pending, _CLOSE_WAIT_S)
+        if pending:
+            _log.warning("%d cache tasks did not stop within %.0f s", len(pending), _CLOSE_WAIT_S)
         await self._client.aclose()
+
+    @staticmethod
+    async def _settle(
+        tasks: Iterable[asyncio.Task[None]], timeout_s: float
+    ) -> set[asyncio.Task[None]]:
+        """Wait for `tasks` to end; the ones still running after `timeout_s`."""
+        tasks = list(tasks)
+        if not tasks:
+            return set()
+        done, pending = await asyncio.wait(tasks, timeout=timeout_s)
+        for task in done:
+            # Whatever a task died of while shutting down (cancelled, or a half-closed
+            # connection) no longer matters.
+            if not task.cancelled():
+                task.exception()
+        return pending
 
     async def _call(self, operation: str, timeout_s: float, call: Awaitable[Any]) -> Any:
         """Run one Redis call under the breaker and a timeout; errors become UNAVAILABLE."""
@@ -208,16 +235,16 @@ class PredictionCache:
         return True
 
     async def _poll_generations(self) -> None:
-        while True:
+        while not self._closing:
             await asyncio.sleep(self._poll_s)
             with contextlib.suppress(DependencyUnavailable):
                 await self.refresh_generations()
 
     async def _follow_announcements(self) -> None:
         """Switch generations as soon as the batch job announces a flip."""
-        while True:
+        while not self._closing:
             try:
-                pubsub = self._client.pubsub()
+                pubsub = self._pubsub = self._client.pubsub()
                 await pubsub.subscribe(GENERATIONS_CHANNEL)
                 with contextlib.suppress(DependencyUnavailable):
                     await self.refresh_generations()
@@ -229,5 +256,7 @@ class PredictionCache:
                         with contextlib.suppress(DependencyUnavailable):
                             await self._switch(namespace, generation)
             except (RedisError, OSError) as exc:
+                if self._closing:
+                    return
                 _log.warning("generation announcements lost (%s); retrying", type(exc).__name__)
                 await asyncio.sleep(1.0)

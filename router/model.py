@@ -5,22 +5,21 @@ to a few length buckets, so Triton's dynamic batcher can merge requests of equal
 """
 
 import asyncio
-import bisect
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-import numpy.typing as npt
+import grpc
 import tritonclient.grpc.aio as triton_aio
-from tokenizers import Tokenizer
 from tritonclient.grpc import InferInput
 from tritonclient.utils import InferenceServerException
 
+from router.answers import ModelAnswer
 from router.errors import DeadlineExceeded, DependencyUnavailable
+from services.contracts.model_io import OUTPUT_NAME, TextEncoder, softmax
+from services.contracts.model_repository import ModelVersion, version_dirs
 
-__all__ = ["ModelAnswer", "ServedModel", "StudentClient"]
+__all__ = ["ServedModel", "StudentClient"]
 
 _CHANNEL_ARGS = [
     # grpc's default reconnect backoff grows to 120 s; a restarted Triton should get traffic
@@ -33,13 +32,8 @@ _CHANNEL_ARGS = [
     ("grpc.keepalive_time_ms", 10_000),
     ("grpc.keepalive_timeout_ms", 5_000),
 ]
-
-
-@dataclass(frozen=True)
-class ModelAnswer:
-    label: str
-    score: float
-    scores: dict[str, float]
+# tritonclient reports a gRPC status as the text of grpc's StatusCode.
+_DEADLINE_STATUS = str(grpc.StatusCode.DEADLINE_EXCEEDED)
 
 
 @dataclass(frozen=True)
@@ -49,34 +43,16 @@ class ServedModel:
     name: str
     version: str
     labels: list[str]
-    input_names: list[str]
-    tokenizer: Tokenizer
-    pad_id: int
-    max_length: int
+    encoder: TextEncoder
 
     @classmethod
-    def load(cls, repository: Path, name: str, version: str) -> "ServedModel":
-        version_dir = repository / name / version
-        card = json.loads((version_dir / "model_card.json").read_text(encoding="utf-8"))
-        tokenizer = Tokenizer.from_file(str(version_dir / "tokenizer.json"))
-        pad_id = (tokenizer.padding or {}).get("pad_id", 0)
-        truncation = tokenizer.truncation or {}
-        tokenizer.no_padding()
+    def load(cls, files: ModelVersion) -> "ServedModel":
         return cls(
-            name=name,
-            version=version,
-            labels=json.loads((version_dir / "labels.json").read_text(encoding="utf-8")),
-            input_names=list(card["inputs"]),
-            tokenizer=tokenizer,
-            pad_id=int(pad_id),
-            max_length=int(truncation.get("max_length", card.get("max_length", 128))),
+            name=files.model,
+            version=files.version,
+            labels=files.labels(),
+            encoder=TextEncoder.from_file(files.tokenizer_file, files.card().inputs),
         )
-
-
-def _softmax(logits: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
-    shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
-    probabilities: npt.NDArray[np.float32] = shifted / shifted.sum(axis=1, keepdims=True)
-    return probabilities
 
 
 class StudentClient:
@@ -85,14 +61,12 @@ class StudentClient:
         self._repository = repository
         self._timeout_s = timeout_s
         self._buckets = sorted(buckets)
-        self.models: dict[str, ServedModel] = {}
+        self._models: dict[str, ServedModel] = {}
 
     async def load(self, model_names: Sequence[str]) -> None:
         """Pick each model's newest version that Triton serves (or the repository's newest)."""
         for name in model_names:
-            versions = sorted(
-                (p.name for p in (self._repository / name).iterdir() if p.name.isdigit()), key=int
-            )
+            versions = [path.name for path in version_dirs(self._repository / name)]
             if not versions:
                 raise FileNotFoundError(f"no version of model {name!r} in {self._repository}")
             served = versions[-1]
@@ -102,7 +76,11 @@ class StudentClient:
                 served = max(available, key=int) if available else served
             except InferenceServerException:
                 pass  # Triton not up yet: serve what the repository holds.
-            self.models[name] = ServedModel.load(self._repository, name, served)
+            files = ModelVersion.of(self._repository, name, served)
+            self._models[name] = ServedModel.load(files)
+
+    def model(self, name: str) -> ServedModel:
+        return self._models[name]
 
     async def close(self) -> None:
         await self._client.close()
@@ -117,30 +95,18 @@ class StudentClient:
         return all(ready)
 
     def encode(self, model: ServedModel, texts: Sequence[str]) -> list[InferInput]:
-        encodings = model.tokenizer.encode_batch(list(texts))
-        longest = max(len(e.ids) for e in encodings)
-        index = bisect.bisect_left(self._buckets, longest)
-        length = self._buckets[index] if index < len(self._buckets) else model.max_length
-        length = min(max(length, longest), model.max_length)
-        arrays = {
-            "input_ids": np.full((len(texts), length), model.pad_id, dtype=np.int64),
-            "attention_mask": np.zeros((len(texts), length), dtype=np.int64),
-            "token_type_ids": np.zeros((len(texts), length), dtype=np.int64),
-        }
-        for row, encoding in enumerate(encodings):
-            arrays["input_ids"][row, : len(encoding.ids)] = encoding.ids
-            arrays["attention_mask"][row, : len(encoding.ids)] = 1
+        """The model's inputs for `texts`, padded to a length bucket."""
         inputs = []
-        for name in model.input_names:
-            tensor = InferInput(name, list(arrays[name].shape), "INT64")
-            tensor.set_data_from_numpy(arrays[name])
+        for name, array in model.encoder.encode(texts, self._buckets).items():
+            tensor = InferInput(name, list(array.shape), "INT64")
+            tensor.set_data_from_numpy(array)
             inputs.append(tensor)
         return inputs
 
     async def classify(
-        self, model_name: str, texts: Sequence[str], timeout_s: float
+        self, name: str, texts: Sequence[str], timeout_s: float
     ) -> tuple[ServedModel, list[ModelAnswer]]:
-        model = self.models[model_name]
+        model = self._models[name]
         budget = min(timeout_s, self._timeout_s)
         if budget <= 0:
             raise DeadlineExceeded("the deadline ran out before the model could be called")
@@ -157,14 +123,13 @@ class StudentClient:
                 f"the model did not answer within {budget * 1000:.0f} ms"
             ) from None
         except InferenceServerException as exc:
-            if "Deadline" in str(exc.status()) or "deadline" in str(exc.message()).lower():
+            if exc.status() == _DEADLINE_STATUS:
                 raise DeadlineExceeded(
                     f"the model did not answer within {budget * 1000:.0f} ms"
                 ) from None
             raise DependencyUnavailable(f"triton could not run the model: {exc.message()}") from exc
-        probabilities = _softmax(result.as_numpy("logits"))
         answers = []
-        for row in probabilities:
+        for row in softmax(result.as_numpy(OUTPUT_NAME)):
             best = int(row.argmax())
             scores = {label: float(p) for label, p in zip(model.labels, row, strict=True)}
             answers.append(ModelAnswer(model.labels[best], float(row[best]), scores))

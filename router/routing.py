@@ -4,44 +4,45 @@ No gRPC types here: `router.servicer` converts messages to these calls and error
 """
 
 import asyncio
-import enum
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from typing import Protocol
 
+from router.answers import Answer, ModelAnswer, Policy, Route, TaskInfo
 from router.cache import PredictionCache
 from router.errors import CacheMiss, DeadlineExceeded, DependencyUnavailable, InvalidRequest
 from router.metrics import RouterMetrics
-from router.model import StudentClient
 from router.settings import RouterSettings, TaskSettings
-from services.cache_schema import CachedPrediction
+from services.contracts.cache_schema import CachedPrediction
 
-__all__ = ["Answer", "Policy", "Route", "Router"]
+__all__ = ["Router", "Student", "StudentModel"]
 
 _log = logging.getLogger(__name__)
 
 
-class Policy(enum.Enum):
-    AUTO = "auto"
-    CACHE_ONLY = "cache_only"
-    MODEL_ONLY = "model_only"
+class StudentModel(Protocol):
+    """The served version of a student model."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def version(self) -> str: ...
+    @property
+    def labels(self) -> list[str]: ...
 
 
-class Route(enum.Enum):
-    CACHE = "cache"
-    MODEL = "model"
+class Student(Protocol):
+    """The model route: `router.model.StudentClient` on Triton, or a stand-in in tests."""
 
+    def model(self, name: str) -> StudentModel: ...
 
-@dataclass(frozen=True)
-class Answer:
-    label: str
-    score: float
-    scores: dict[str, float]
-    route: Route
-    model: str
-    model_version: str
-    cache_generation: str
+    async def classify(
+        self, name: str, texts: Sequence[str], timeout_s: float
+    ) -> tuple[StudentModel, list[ModelAnswer]]:
+        """The answers of the version that served them; DeadlineExceeded or
+        DependencyUnavailable when the model cannot answer in time."""
+        ...
 
 
 class Router:
@@ -49,7 +50,7 @@ class Router:
         self,
         settings: RouterSettings,
         cache: PredictionCache,
-        student: StudentClient,
+        student: Student,
         metrics: RouterMetrics,
     ) -> None:
         self._settings = settings
@@ -58,8 +59,26 @@ class Router:
         self._metrics = metrics
         self._background: set[asyncio.Task[None]] = set()
 
-    def tasks(self) -> list[str]:
-        return list(self._settings.tasks)
+    def serves(self, task: str) -> bool:
+        return task in self._settings.tasks
+
+    def describe_tasks(self) -> list[TaskInfo]:
+        """Every task, in name order, with the version and generation that answer it now."""
+        described = []
+        for name, settings in sorted(self._settings.tasks.items()):
+            model = self._student.model(settings.model)
+            described.append(
+                TaskInfo(
+                    task=name,
+                    labels=list(model.labels),
+                    model=model.name,
+                    model_version=model.version,
+                    cache_generation=self._cache.generation(settings.cache_namespace) or "",
+                    confidence_threshold=settings.confidence_threshold,
+                    max_text_length=settings.max_text_length,
+                )
+            )
+        return described
 
     def task_settings(self, task: str) -> TaskSettings:
         if task not in self._settings.tasks:
@@ -109,7 +128,7 @@ class Router:
                     settings.cache_namespace,
                     generation,
                     texts,
-                    self._student.models[settings.model].labels,
+                    self._student.model(settings.model).labels,
                     self._remaining(deadline),
                 )
                 self._metrics.cache_malformed.labels(task).inc(malformed)

@@ -13,7 +13,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import CollectorRegistry, start_http_server
 
-from router._generated.switchyard.v1 import router_pb2
+from router import contract
 from router.cache import CircuitBreaker, PredictionCache
 from router.metrics import RouterMetrics
 from router.model import StudentClient
@@ -21,20 +21,38 @@ from router.routing import Router
 from router.servicer import RouterServicer, add_router_to_server
 from router.settings import RouterSettings
 from router.tls import server_credentials
-from services.redis_connection import async_client
+from services.contracts.redis_connection import async_client
 
-__all__ = ["ROUTER_SERVICE", "serve"]
+__all__ = ["prediction_cache", "serve", "student_client"]
 
 _log = logging.getLogger(__name__)
-ROUTER_SERVICE = router_pb2.DESCRIPTOR.services_by_name["Router"].full_name
 _SERVING = health_pb2.HealthCheckResponse.SERVING
 _NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
 
-def _redis_client(settings: RouterSettings) -> "redis.Redis":
+def prediction_cache(settings: RouterSettings) -> PredictionCache:
+    """The cache route as the settings describe it (not started)."""
     connect_timeout = max(settings.redis_timeout_ms / 1000, 0.5)
-    return async_client(
+    client: redis.Redis = async_client(
         settings, cluster=settings.redis_cluster, socket_connect_timeout=connect_timeout
+    )
+    return PredictionCache(
+        client,
+        sorted({task.cache_namespace for task in settings.tasks.values()}),
+        timeout_s=settings.redis_timeout_ms / 1000,
+        breaker=CircuitBreaker(settings.breaker_failures, settings.breaker_reset_seconds),
+        stream_max_len=settings.misses_stream_max_len,
+        poll_s=settings.generation_poll_seconds,
+    )
+
+
+def student_client(settings: RouterSettings) -> StudentClient:
+    """The model route as the settings describe it (no version loaded yet)."""
+    return StudentClient(
+        settings.triton_url,
+        settings.model_repository,
+        timeout_s=settings.triton_timeout_ms / 1000,
+        buckets=settings.length_buckets,
     )
 
 
@@ -54,7 +72,7 @@ async def _watch_health(
             await health_servicer.set(name, _SERVING if up else _NOT_SERVING)
         overall = _SERVING if redis_up or triton_up else _NOT_SERVING
         await health_servicer.set("", overall)
-        await health_servicer.set(ROUTER_SERVICE, overall)
+        await health_servicer.set(contract.SERVICE, overall)
         await asyncio.sleep(settings.health_poll_seconds)
 
 
@@ -64,20 +82,8 @@ async def serve(settings: RouterSettings, ready: asyncio.Event | None = None) ->
     credentials = server_credentials(settings)
     registry = CollectorRegistry()
     metrics = RouterMetrics(registry)
-    cache = PredictionCache(
-        _redis_client(settings),
-        sorted({task.cache_namespace for task in settings.tasks.values()}),
-        timeout_s=settings.redis_timeout_ms / 1000,
-        breaker=CircuitBreaker(settings.breaker_failures, settings.breaker_reset_seconds),
-        stream_max_len=settings.misses_stream_max_len,
-        poll_s=settings.generation_poll_seconds,
-    )
-    student = StudentClient(
-        settings.triton_url,
-        settings.model_repository,
-        timeout_s=settings.triton_timeout_ms / 1000,
-        buckets=settings.length_buckets,
-    )
+    cache = prediction_cache(settings)
+    student = student_client(settings)
     await student.load(sorted({task.model for task in settings.tasks.values()}))
     await cache.start()
     for task, task_settings in settings.tasks.items():
@@ -94,11 +100,11 @@ async def serve(settings: RouterSettings, ready: asyncio.Event | None = None) ->
         ],
         maximum_concurrent_rpcs=settings.max_concurrent_rpcs,
     )
-    add_router_to_server(RouterServicer(router, cache, student, metrics), server)
+    add_router_to_server(RouterServicer(router, metrics), server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
-        [ROUTER_SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME], server
+        [contract.SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME], server
     )
     address = f"{settings.host}:{settings.grpc_port}"
     try:

@@ -12,8 +12,8 @@ from typing import Any, TypeVar
 import grpc
 from google.protobuf.message import DecodeError, Message
 
-from router._generated.switchyard.v1 import router_pb2
-from router.cache import PredictionCache
+from router import contract
+from router.answers import Answer, Policy
 from router.errors import (
     CacheMiss,
     DeadlineExceeded,
@@ -22,10 +22,9 @@ from router.errors import (
     RouterError,
 )
 from router.metrics import RouterMetrics
-from router.model import StudentClient
-from router.routing import Answer, Policy, Route, Router
+from router.routing import Router
 
-__all__ = ["STATUS_OF", "RouterServicer", "add_router_to_server"]
+__all__ = ["STATUS_OF", "RouterServicer", "add_router_to_server", "status_of"]
 
 _log = logging.getLogger(__name__)
 
@@ -35,15 +34,17 @@ STATUS_OF: dict[type[RouterError], grpc.StatusCode] = {
     DependencyUnavailable: grpc.StatusCode.UNAVAILABLE,
     DeadlineExceeded: grpc.StatusCode.DEADLINE_EXCEEDED,
 }
-_POLICIES: dict[int, Policy] = {
-    router_pb2.ROUTE_POLICY_UNSPECIFIED: Policy.AUTO,
-    router_pb2.ROUTE_POLICY_AUTO: Policy.AUTO,
-    router_pb2.ROUTE_POLICY_CACHE_ONLY: Policy.CACHE_ONLY,
-    router_pb2.ROUTE_POLICY_MODEL_ONLY: Policy.MODEL_ONLY,
-}
-_ROUTES = {Route.CACHE: router_pb2.ROUTE_CACHE, Route.MODEL: router_pb2.ROUTE_MODEL}
 Reply = TypeVar("Reply")
 Request = TypeVar("Request", bound=Message)
+
+
+def status_of(error: RouterError) -> grpc.StatusCode:
+    """The code of the nearest class in `error`'s ancestry that the table names, so a new
+    subclass keeps its parent's code; INTERNAL for a RouterError the table does not know."""
+    for kind in type(error).__mro__:
+        if kind in STATUS_OF:
+            return STATUS_OF[kind]
+    return grpc.StatusCode.INTERNAL
 
 
 def _parse(message_type: type[Request], raw: bytes) -> Request:
@@ -59,27 +60,15 @@ def _parse(message_type: type[Request], raw: bytes) -> Request:
 
 
 def _policy(value: int) -> Policy:
-    if value not in _POLICIES:
-        raise InvalidRequest(f"unknown policy {value}; use 0-3 (ROUTE_POLICY_*)")
-    return _POLICIES[value]
+    try:
+        return contract.policy_from_wire(value)
+    except ValueError as exc:
+        raise InvalidRequest(str(exc)) from None
 
 
 def _deadline(context: grpc.aio.ServicerContext) -> float | None:
     remaining = context.time_remaining()
     return None if remaining is None else time.monotonic() + remaining
-
-
-def _message(answer: Answer, latency_ms: float) -> router_pb2.PredictResponse:
-    return router_pb2.PredictResponse(
-        label=answer.label,
-        score=answer.score,
-        scores=answer.scores,
-        route=_ROUTES[answer.route],
-        model=answer.model,
-        model_version=answer.model_version,
-        cache_generation=answer.cache_generation,
-        server_latency_ms=latency_ms,
-    )
 
 
 def _route_label(answers: list[Answer]) -> str:
@@ -90,24 +79,16 @@ def _route_label(answers: list[Answer]) -> str:
 class RouterServicer:
     """The Router service of protos/switchyard/v1/router.proto; requests arrive as bytes."""
 
-    def __init__(
-        self,
-        router: Router,
-        cache: PredictionCache,
-        student: StudentClient,
-        metrics: RouterMetrics,
-    ) -> None:
+    def __init__(self, router: Router, metrics: RouterMetrics) -> None:
         self._router = router
-        self._cache = cache
-        self._student = student
         self._metrics = metrics
 
     async def Predict(
         self, raw: bytes, context: grpc.aio.ServicerContext
-    ) -> router_pb2.PredictResponse:
+    ) -> contract.PredictResponse:
         async def answer(
-            request: router_pb2.PredictRequest, started: float
-        ) -> tuple[router_pb2.PredictResponse, str]:
+            request: contract.PredictRequest, started: float
+        ) -> tuple[contract.PredictResponse, str]:
             (result,) = await self._router.predict(
                 request.task,
                 [request.text],
@@ -115,16 +96,17 @@ class RouterServicer:
                 request.min_confidence,
                 _deadline(context),
             )
-            return _message(result, (time.perf_counter() - started) * 1000), result.route.value
+            latency_ms = (time.perf_counter() - started) * 1000
+            return contract.answer_message(result, latency_ms), result.route.value
 
-        return await self._observed("Predict", router_pb2.PredictRequest, raw, context, answer)
+        return await self._observed("Predict", contract.PredictRequest, raw, context, answer)
 
     async def PredictBatch(
         self, raw: bytes, context: grpc.aio.ServicerContext
-    ) -> router_pb2.PredictBatchResponse:
+    ) -> contract.PredictBatchResponse:
         async def answer(
-            request: router_pb2.PredictBatchRequest, started: float
-        ) -> tuple[router_pb2.PredictBatchResponse, str]:
+            request: contract.PredictBatchRequest, started: float
+        ) -> tuple[contract.PredictBatchResponse, str]:
             results = await self._router.predict(
                 request.task,
                 list(request.texts),
@@ -133,39 +115,25 @@ class RouterServicer:
                 _deadline(context),
             )
             latency_ms = (time.perf_counter() - started) * 1000
-            reply = router_pb2.PredictBatchResponse(
-                results=[_message(result, latency_ms) for result in results]
+            reply = contract.PredictBatchResponse(
+                results=[contract.answer_message(result, latency_ms) for result in results]
             )
             return reply, _route_label(results)
 
         return await self._observed(
-            "PredictBatch", router_pb2.PredictBatchRequest, raw, context, answer
+            "PredictBatch", contract.PredictBatchRequest, raw, context, answer
         )
 
     async def ListTasks(
         self, raw: bytes, context: grpc.aio.ServicerContext
-    ) -> router_pb2.ListTasksResponse:
+    ) -> contract.ListTasksResponse:
         async def answer(
-            request: router_pb2.ListTasksRequest, started: float
-        ) -> tuple[router_pb2.ListTasksResponse, str]:
-            tasks = []
-            for name in sorted(self._router.tasks()):
-                settings = self._router.task_settings(name)
-                model = self._student.models[settings.model]
-                tasks.append(
-                    router_pb2.TaskInfo(
-                        task=name,
-                        labels=model.labels,
-                        model=model.name,
-                        model_version=model.version,
-                        cache_generation=self._cache.generation(settings.cache_namespace) or "",
-                        confidence_threshold=settings.confidence_threshold,
-                        max_text_length=settings.max_text_length,
-                    )
-                )
-            return router_pb2.ListTasksResponse(tasks=tasks), "none"
+            request: contract.ListTasksRequest, started: float
+        ) -> tuple[contract.ListTasksResponse, str]:
+            tasks = [contract.task_message(info) for info in self._router.describe_tasks()]
+            return contract.ListTasksResponse(tasks=tasks), "none"
 
-        return await self._observed("ListTasks", router_pb2.ListTasksRequest, raw, context, answer)
+        return await self._observed("ListTasks", contract.ListTasksRequest, raw, context, answer)
 
     async def _observed(
         self,
@@ -182,11 +150,11 @@ class RouterServicer:
             request = _parse(message_type, raw)
             task: str = getattr(request, "task", "")
             # Only configured task names become label values; anything else is "unknown".
-            task_label = task if task in self._router.tasks() or not task else "unknown"
+            task_label = task if self._router.serves(task) or not task else "unknown"
             reply, route = await answer(request, started)
             return reply
         except RouterError as exc:
-            code = STATUS_OF[type(exc)]
+            code = status_of(exc)
             await context.abort(code, str(exc))
         except grpc.aio.AbortError:
             raise
@@ -206,9 +174,9 @@ class RouterServicer:
 def add_router_to_server(servicer: RouterServicer, server: grpc.aio.Server) -> None:
     """Register the Router service with raw request bytes, so `_parse` owns decoding errors."""
     replies: dict[str, Any] = {
-        "Predict": router_pb2.PredictResponse,
-        "PredictBatch": router_pb2.PredictBatchResponse,
-        "ListTasks": router_pb2.ListTasksResponse,
+        "Predict": contract.PredictResponse,
+        "PredictBatch": contract.PredictBatchResponse,
+        "ListTasks": contract.ListTasksResponse,
     }
     handlers = {
         method: grpc.unary_unary_rpc_method_handler(
@@ -216,7 +184,8 @@ def add_router_to_server(servicer: RouterServicer, server: grpc.aio.Server) -> N
         )
         for method, reply in replies.items()
     }
-    service = router_pb2.DESCRIPTOR.services_by_name["Router"].full_name
-    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service, handlers),))
+    server.add_generic_rpc_handlers(
+        (grpc.method_handlers_generic_handler(contract.SERVICE, handlers),)
+    )
     # Registered methods skip grpc's per-call lookup of the generic handlers.
-    server.add_registered_method_handlers(service, handlers)
+    server.add_registered_method_handlers(contract.SERVICE, handlers)

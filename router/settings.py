@@ -14,8 +14,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
-from services.readable_file import ReadableFile
-from services.redis_connection import RedisSettings
+from services.contracts.readable_file import ReadableFile
+from services.contracts.redis_connection import RedisSettings
 
 __all__ = ["RouterSettings", "TaskSettings", "load_settings"]
 

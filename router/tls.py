@@ -1,5 +1,5 @@
-"""TLS for the router's gRPC port: server credentials that follow certificate files on disk,
-and the matching client credentials for `switchyard router check`.
+"""TLS for the router's gRPC port: server credentials that follow certificate files on disk.
+(The client side is `router.client.TlsConfig`.)
 
 gRPC asks the credentials' fetcher for a newer configuration at every TLS handshake, so a
 certificate rotated on disk (cert-manager, a renewed Kubernetes Secret) applies to the next
@@ -17,7 +17,7 @@ import grpc
 
 from router.settings import RouterSettings
 
-__all__ = ["ServerCertificates", "channel_credentials", "server_credentials"]
+__all__ = ["ServerCertificates", "server_credentials"]
 
 _log = logging.getLogger(__name__)
 
@@ -124,17 +124,3 @@ def server_credentials(settings: RouterSettings) -> grpc.ServerCredentials | Non
         "" if settings.tls_client_ca_file is None else ", client certificates required",
     )
     return certificates.credentials()
-
-
-def channel_credentials(
-    ca_file: Path | None, cert_file: Path | None, key_file: Path | None
-) -> grpc.ChannelCredentials:
-    """Client credentials trusting `ca_file` (the system's CAs when None), presenting the
-    client certificate `cert_file` with `key_file` when given. OSError if a file is unreadable."""
-    if (cert_file is None) != (key_file is None):
-        raise ValueError("a client certificate needs its key, and a key its certificate")
-    return grpc.ssl_channel_credentials(
-        root_certificates=None if ca_file is None else ca_file.read_bytes(),
-        private_key=None if key_file is None else key_file.read_bytes(),
-        certificate_chain=None if cert_file is None else cert_file.read_bytes(),
-    )

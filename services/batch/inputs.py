@@ -14,10 +14,10 @@ from pathlib import Path
 from typing import Literal
 
 from services.batch.errors import BatchError
-from services.cache_schema import text_hash
-from services.text import normalize_text
+from services.contracts.cache_schema import text_hash
+from services.contracts.text import normalize_text
 
-__all__ = ["FORMATS", "InputFormat", "TextSet", "format_of", "read_file"]
+__all__ = ["FORMATS", "InputFormat", "TextSet", "format_of", "parse_format", "read_file"]
 
 InputFormat = Literal["jsonl", "csv", "text"]
 FORMATS: dict[str, InputFormat] = {
@@ -61,6 +61,14 @@ class TextSet:
     def skip(self, reason: str) -> None:
         self.rows_read += 1
         self.skipped[reason] += 1
+
+
+def parse_format(value: str) -> InputFormat:
+    """An input format named by the user (`--format`)."""
+    for known in dict.fromkeys(FORMATS.values()):
+        if value == known:
+            return known
+    raise BatchError(f"unknown format {value!r}; use {', '.join(sorted(set(FORMATS.values())))}")
 
 
 def format_of(path: Path, forced: InputFormat | None) -> InputFormat:

@@ -19,10 +19,11 @@ from tqdm import tqdm
 
 from services.batch.errors import BatchError
 from services.batch.inputs import InputFormat, TextSet, format_of, read_file
+from services.batch.labels import LabelSource
 from services.batch.store import FlipOutcome, GenerationStore, connect
-from services.batch.teacher import LabelSource, TeacherInfo
-from services.cache_schema import CachedPrediction
-from services.redis_connection import RedisSettings
+from services.batch.teacher import TeacherInfo
+from services.contracts.cache_schema import CachedPrediction
+from services.contracts.redis_connection import RedisSettings
 
 __all__ = ["BatchOptions", "BatchSettings", "BatchSummary", "Shard", "run_batch"]
 
@@ -157,17 +158,16 @@ def _teacher(options: BatchOptions, settings: BatchSettings) -> LabelSource:
         return TeacherInfo.read(settings.build_dir, options.task)
     if options.teacher != "llm-fewshot":
         raise BatchError(f"unknown teacher {options.teacher!r}; use model or llm-fewshot")
-    if options.selection not in ("random", "nearest"):
-        raise BatchError(f"unknown selection {options.selection!r}; use random or nearest")
+    from services.batch.fewshot_teacher import FewShotTeacher
     from services.prompts.errors import PromptError
     from services.prompts.evaluate import PromptSettings
-    from services.prompts.labeller import FewShotTeacher
+    from services.prompts.selection import parse_selection
 
     try:
         return FewShotTeacher.read(
             options.task,
             options.shots,
-            options.selection,  # type: ignore[arg-type]
+            parse_selection(options.selection),
             options.seed,
             settings.build_dir,
             PromptSettings(),

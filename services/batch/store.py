@@ -18,7 +18,7 @@ from redis.exceptions import RedisError
 
 from services.batch.errors import BatchError
 from services.batch.inputs import TextSet
-from services.cache_schema import (
+from services.contracts.cache_schema import (
     GENERATIONS_CHANNEL,
     batch_run_key,
     generation_key,
@@ -28,7 +28,7 @@ from services.cache_schema import (
     prediction_key_for_hash,
     text_hash,
 )
-from services.redis_connection import RedisSettings, sync_client
+from services.contracts.redis_connection import RedisSettings, sync_client
 
 __all__ = ["FlipOutcome", "GenerationStore", "RunState", "connect"]
 

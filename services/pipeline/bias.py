@@ -9,9 +9,8 @@ import random
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-__all__ = ["ProbeSentence", "bias_summary", "probe_sentences"]
+__all__ = ["BiasSummary", "ProbeSentence", "bias_summary", "probe_sentences"]
 
 # Templates without an opinion of their own ("I hate ..." would swamp the descriptor).
 _TEMPLATES = (
@@ -59,9 +58,18 @@ def probe_sentences(data_dir: Path, per_group: int, seed: int) -> list[ProbeSent
     return sentences
 
 
+@dataclass(frozen=True)
+class BiasSummary:
+    groups: int
+    sentences: int
+    max_gap: float
+    max_gap_label: str
+    distribution: dict[str, dict[str, float]]
+
+
 def bias_summary(
     sentences: list[ProbeSentence], predictions: list[int], labels: list[str]
-) -> dict[str, Any]:
+) -> BiasSummary:
     """Label shares per group, and the largest gap in any label's share between two groups."""
     by_group: dict[str, Counter[int]] = {}
     for sentence, prediction in zip(sentences, predictions, strict=True):
@@ -76,10 +84,10 @@ def bias_summary(
         for label in labels
     }
     widest = max(gaps, key=lambda label: gaps[label])
-    return {
-        "groups": len(distribution),
-        "sentences": len(sentences),
-        "max_gap": gaps[widest],
-        "max_gap_label": widest,
-        "distribution": distribution,
-    }
+    return BiasSummary(
+        groups=len(distribution),
+        sentences=len(sentences),
+        max_gap=gaps[widest],
+        max_gap_label=widest,
+        distribution=distribution,
+    )

@@ -8,9 +8,10 @@ from pathlib import Path
 
 from sklearn.model_selection import train_test_split
 
+from services.contracts.build_layout import SPLITS
+from services.contracts.text import normalize_text
 from services.pipeline import assets
 from services.pipeline.errors import PipelineError
-from services.text import normalize_text
 
 __all__ = [
     "TASKS",
@@ -24,8 +25,6 @@ __all__ = [
     "split_examples",
     "stratified_sample",
 ]
-
-SPLIT_NAMES = ("train", "validation", "test")
 
 
 @dataclass(frozen=True)
@@ -50,7 +49,7 @@ class Splits:
     test: list[Example]
 
     def sizes(self) -> dict[str, int]:
-        return {name: len(getattr(self, name)) for name in SPLIT_NAMES}
+        return {name: len(getattr(self, name)) for name in SPLITS}
 
 
 def deduplicate(labels: list[str], rows: Sequence[tuple[str, str]]) -> LoadedTask:
@@ -145,7 +144,7 @@ def stratified_sample(examples: list[Example], limit: int, seed: int) -> list[Ex
 
 def save_splits(splits: Splits, directory: Path) -> None:
     directory.mkdir(parents=True, exist_ok=True)
-    for name in SPLIT_NAMES:
+    for name in SPLITS:
         with (directory / f"{name}.jsonl").open("w", encoding="utf-8") as handle:
             for example in getattr(splits, name):
                 handle.write(json.dumps({"text": example.text, "label": example.label}) + "\n")
@@ -156,4 +155,4 @@ def load_splits(directory: Path) -> Splits:
         with (directory / f"{name}.jsonl").open(encoding="utf-8") as handle:
             return [Example(**json.loads(line)) for line in handle]
 
-    return Splits(*(read(name) for name in SPLIT_NAMES))
+    return Splits(*(read(name) for name in SPLITS))

@@ -4,17 +4,24 @@ import statistics
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 import torch
 from sklearn.metrics import accuracy_score, f1_score
 
-from services.onnx_classifier import OnnxTextClassifier
+from services.contracts.build_report import (
+    BiasReport,
+    Evaluation,
+    OnnxReport,
+    StudentMetrics,
+    TeacherMetrics,
+)
+from services.contracts.model_repository import TOKENIZER_FILE
 from services.pipeline.bias import ProbeSentence, bias_summary
 from services.pipeline.datasets import Example
-from services.pipeline.export import FP32_FILE, INT8_FILE, TOKENIZER_FILE
+from services.pipeline.export import FP32_FILE, INT8_FILE
+from services.pipeline.onnx_classifier import OnnxTextClassifier
 from services.pipeline.teacher import load_classifier
 from services.pipeline.training import encode, predict_logits
 
@@ -74,7 +81,7 @@ def evaluate_task(
     latency_samples: int,
     probe: list[ProbeSentence],
     teacher_probe_predictions: list[int],
-) -> dict[str, Any]:
+) -> Evaluation:
     texts = [example.text for example in test]
     gold = [example.label for example in test]
     teacher_predictions = teacher_test_logits.argmax(1)
@@ -98,35 +105,33 @@ def evaluate_task(
     teacher_metrics = classification_metrics(gold, teacher_predictions)
     student_metrics = classification_metrics(gold, student_predictions)
     int8_metrics = classification_metrics(gold, int8_predictions)
-    result: dict[str, Any] = {
-        "teacher": {
-            "test_accuracy": teacher_metrics["accuracy"],
-            "test_macro_f1": teacher_metrics["macro_f1"],
-            "latency_ms_batch1": median_latency_ms(
-                _torch_predictor(teacher_dir, max_length), latency_texts
-            ),
-        },
-        "student": {
-            "test_accuracy": student_metrics["accuracy"],
-            "test_macro_f1": student_metrics["macro_f1"],
-            "agreement_with_teacher": float(np.mean(student_predictions == teacher_predictions)),
-            "latency_ms_batch1": median_latency_ms(
-                _torch_predictor(student_dir, max_length), latency_texts
-            ),
-        },
-        "onnx": {
-            "max_abs_logit_diff": _max_torch_onnx_diff(student_dir, fp32, texts[:128]),
-            "fp32_test_accuracy": classification_metrics(gold, fp32_predictions)["accuracy"],
-            "int8_agreement_with_fp32": float(np.mean(int8_predictions == fp32_predictions)),
-            "int8_test_accuracy": int8_metrics["accuracy"],
-            "int8_test_macro_f1": int8_metrics["macro_f1"],
-            "fp32_latency_ms_batch1": median_latency_ms(lambda t: fp32.logits([t]), latency_texts),
-            "int8_latency_ms_batch1": median_latency_ms(lambda t: int8.logits([t]), latency_texts),
-            "size_bytes_fp32": (onnx_dir / FP32_FILE).stat().st_size,
-            "size_bytes_int8": (onnx_dir / INT8_FILE).stat().st_size,
-        },
-        "bias": None,
-    }
+    teacher = TeacherMetrics(
+        test_accuracy=teacher_metrics["accuracy"],
+        test_macro_f1=teacher_metrics["macro_f1"],
+        latency_ms_batch1=median_latency_ms(
+            _torch_predictor(teacher_dir, max_length), latency_texts
+        ),
+    )
+    student_report = StudentMetrics(
+        test_accuracy=student_metrics["accuracy"],
+        test_macro_f1=student_metrics["macro_f1"],
+        agreement_with_teacher=float(np.mean(student_predictions == teacher_predictions)),
+        latency_ms_batch1=median_latency_ms(
+            _torch_predictor(student_dir, max_length), latency_texts
+        ),
+    )
+    onnx = OnnxReport(
+        max_abs_logit_diff=_max_torch_onnx_diff(student_dir, fp32, texts[:128]),
+        fp32_test_accuracy=classification_metrics(gold, fp32_predictions)["accuracy"],
+        int8_agreement_with_fp32=float(np.mean(int8_predictions == fp32_predictions)),
+        int8_test_accuracy=int8_metrics["accuracy"],
+        int8_test_macro_f1=int8_metrics["macro_f1"],
+        fp32_latency_ms_batch1=median_latency_ms(lambda t: fp32.logits([t]), latency_texts),
+        int8_latency_ms_batch1=median_latency_ms(lambda t: int8.logits([t]), latency_texts),
+        size_bytes_fp32=(onnx_dir / FP32_FILE).stat().st_size,
+        size_bytes_int8=(onnx_dir / INT8_FILE).stat().st_size,
+    )
+    bias = None
     if probe:
         probe_texts = [sentence.text for sentence in probe]
         student_probe = [
@@ -136,14 +141,14 @@ def evaluate_task(
         ]
         student_bias = bias_summary(probe, student_probe, labels)
         teacher_bias = bias_summary(probe, teacher_probe_predictions, labels)
-        result["bias"] = {
-            "groups": student_bias["groups"],
-            "sentences": student_bias["sentences"],
-            "max_gap": student_bias["max_gap"],
-            "max_gap_label": student_bias["max_gap_label"],
-            "teacher_max_gap": teacher_bias["max_gap"],
-            "teacher_max_gap_label": teacher_bias["max_gap_label"],
-            "distribution": student_bias["distribution"],
-            "teacher_distribution": teacher_bias["distribution"],
-        }
-    return result
+        bias = BiasReport(
+            groups=student_bias.groups,
+            sentences=student_bias.sentences,
+            max_gap=student_bias.max_gap,
+            max_gap_label=student_bias.max_gap_label,
+            teacher_max_gap=teacher_bias.max_gap,
+            teacher_max_gap_label=teacher_bias.max_gap_label,
+            distribution=student_bias.distribution,
+            teacher_distribution=teacher_bias.distribution,
+        )
+    return Evaluation(teacher=teacher, student=student_report, onnx=onnx, bias=bias)

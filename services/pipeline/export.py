@@ -8,11 +8,12 @@ from optimum.onnxruntime import ORTQuantizer
 from optimum.onnxruntime.configuration import AutoQuantizationConfig
 from transformers import AutoTokenizer
 
-__all__ = ["FP32_FILE", "INT8_FILE", "TOKENIZER_FILE", "export_student"]
+from services.contracts.model_repository import TOKENIZER_FILE
+
+__all__ = ["FP32_FILE", "INT8_FILE", "export_student"]
 
 FP32_FILE = "model_fp32.onnx"
 INT8_FILE = "model_int8.onnx"
-TOKENIZER_FILE = "tokenizer.json"
 
 
 def export_student(student_dir: Path, out_dir: Path, max_length: int, opset: int = 17) -> None:

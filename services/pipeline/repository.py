@@ -1,18 +1,21 @@
-"""Triton model repository: `config.pbtxt` for the onnxruntime backend, version folders, publishing.
+"""What the pipeline puts into the model repository: the student's `config.pbtxt` for the
+onnxruntime backend, and publishing a completely written folder in one rename.
 
-Configs are built as Triton's own `ModelConfig` protobuf (shipped in tritonclient) and every
-rendered file is parsed back into it, so a config that Triton would reject never leaves here.
+Configs are built as Triton's own `ModelConfig` protobuf (shipped in tritonclient) and
+rendered with `services.contracts.model_repository.render_config`, which parses every file
+back, so a config that Triton would reject never leaves here.
 """
 
 import os
 import shutil
 from pathlib import Path
 
-from google.protobuf import text_format
 from google.protobuf.message import Message
 from tritonclient.grpc import model_config_pb2 as mc
 
-__all__ = ["parse_config", "publish_directory", "render_config", "student_config"]
+from services.contracts.model_io import OUTPUT_NAME
+
+__all__ = ["publish_directory", "student_config"]
 
 _PREFERRED_BATCH_SIZES = (4, 8, 16, 32, 64)
 
@@ -35,7 +38,7 @@ def student_config(
             mc.ModelInput(name=input_name, data_type=mc.TYPE_INT64, dims=[-1])
             for input_name in input_names
         ],
-        output=[mc.ModelOutput(name="logits", data_type=mc.TYPE_FP32, dims=[num_labels])],
+        output=[mc.ModelOutput(name=OUTPUT_NAME, data_type=mc.TYPE_FP32, dims=[num_labels])],
         dynamic_batching=mc.ModelDynamicBatching(
             preferred_batch_size=[
                 size for size in _PREFERRED_BATCH_SIZES if size <= max_batch_size
@@ -47,24 +50,6 @@ def student_config(
         ],
     )
     config.parameters["intra_op_thread_count"].string_value = str(intra_op_threads)
-    return config
-
-
-def render_config(config: Message) -> str:
-    text: str = text_format.MessageToString(config)
-    parse_config(text)
-    return text
-
-
-def parse_config(text: str) -> Message:
-    """Parse `config.pbtxt` text into Triton's ModelConfig; ValueError says what is wrong."""
-    config = mc.ModelConfig()
-    try:
-        text_format.Parse(text, config)
-    except text_format.ParseError as exc:
-        raise ValueError(f"invalid Triton model config: {exc}") from None
-    if not config.name or not config.input or not config.output:
-        raise ValueError("invalid Triton model config: name, input and output are required")
     return config
 
 

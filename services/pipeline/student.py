@@ -1,7 +1,6 @@
 """The distilled model: paraphrase-MiniLM-L3 trained on the teacher's soft labels."""
 
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -10,6 +9,7 @@ import torch
 from onnx import numpy_helper
 from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
 
+from services.contracts.build_report import StudentTraining
 from services.pipeline import assets
 from services.pipeline.datasets import Example
 from services.pipeline.profiles import BuildProfile, TaskBudget
@@ -85,7 +85,7 @@ def distill_student(
     seed: int,
     out_dir: Path,
     description: str,
-) -> dict[str, Any]:
+) -> StudentTraining:
     """Knowledge distillation: KL to the teacher's softened distribution, mixed with hard labels."""
     torch.manual_seed(seed)
     # paraphrase-MiniLM-L3 shares the uncased BERT vocabulary of all-MiniLM-L6.
@@ -125,12 +125,12 @@ def distill_student(
     )
     model.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
-    return {
-        "base_model": "paraphrase-MiniLM-L3-v2",
-        "params": count_parameters(model),
-        "temperature": temperature,
-        "hard_label_weight": hard_weight,
-        "steps": summary.steps,
-        "best_step": summary.best_step,
-        "validation_accuracy": summary.best_validation_accuracy,
-    }
+    return StudentTraining(
+        base_model="paraphrase-MiniLM-L3-v2",
+        params=count_parameters(model),
+        temperature=temperature,
+        hard_label_weight=hard_weight,
+        steps=summary.steps,
+        best_step=summary.best_step,
+        validation_accuracy=summary.best_validation_accuracy,
+    )

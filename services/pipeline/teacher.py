@@ -7,6 +7,7 @@ import torch
 from peft import LoraConfig, TaskType, get_peft_model
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, PreTrainedModel
 
+from services.contracts.build_report import LoraSummary, TeacherTraining
 from services.pipeline.datasets import Example
 from services.pipeline.profiles import BuildProfile, TaskBudget
 from services.pipeline.training import count_parameters, encode, train_loop
@@ -37,7 +38,7 @@ def train_teacher(
     seed: int,
     out_dir: Path,
     description: str,
-) -> dict[str, Any]:
+) -> TeacherTraining:
     """Train a LoRA adapter plus classification head, merge it, save a plain HF model folder."""
     torch.manual_seed(seed)
     tokenizer = AutoTokenizer.from_pretrained(base_dir)
@@ -81,14 +82,14 @@ def train_teacher(
     merged = cast(PreTrainedModel, model.merge_and_unload())
     merged.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
-    return {
-        "base_model": base_name,
-        "params": count_parameters(merged),
-        "trainable_params": trainable_params,
-        "trainable_fraction": trainable_params / all_params,
-        "lora": {"r": lora.r, "alpha": lora.lora_alpha, "target_modules": lora.target_modules},
-        "max_length": budget.max_length,
-        "steps": summary.steps,
-        "best_step": summary.best_step,
-        "validation_accuracy": summary.best_validation_accuracy,
-    }
+    return TeacherTraining(
+        base_model=base_name,
+        params=count_parameters(merged),
+        trainable_params=trainable_params,
+        trainable_fraction=trainable_params / all_params,
+        lora=LoraSummary(r=lora.r, alpha=lora.lora_alpha, target_modules=lora.target_modules),
+        max_length=budget.max_length,
+        steps=summary.steps,
+        best_step=summary.best_step,
+        validation_accuracy=summary.best_validation_accuracy,
+    )

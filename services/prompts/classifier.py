@@ -1,12 +1,12 @@
 """A prompted LLM as a classifier: render each text's prompt, check it fits the context,
 score every label, and turn the label log-likelihoods into probabilities."""
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 from tqdm import tqdm
 
+from services.contracts.model_io import softmax
 from services.prompts.errors import PromptError
 from services.prompts.llm import LLM_NAME, PromptedLLM, PromptPrefix
 from services.prompts.templates import PromptTemplate
@@ -54,15 +54,15 @@ class FewShotClassifier:
             if shared is None or prompt.prefix != shared_text:
                 shared, shared_text = self._llm.run_prefix(prompt.prefix_ids), prompt.prefix
             sums = self._llm.score(prompt.ids, prompt.candidates, shared)
-            top = max(sums)
-            weights = [math.exp(value - top) for value in sums]
-            total = sum(weights)
+            probabilities = softmax(sums)
             labels = self._template.labels
             best = max(range(len(labels)), key=sums.__getitem__)
             answers.append(
                 PromptAnswer(
                     label=labels[best],
-                    scores={label: w / total for label, w in zip(labels, weights, strict=True)},
+                    scores={
+                        label: float(p) for label, p in zip(labels, probabilities, strict=True)
+                    },
                     prompt_tokens=len(prompt.ids),
                 )
             )

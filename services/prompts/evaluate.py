@@ -6,7 +6,6 @@ text the student trained on. The LLM sees each text clipped to `max_chars`; the 
 the whole text, truncated by its own tokenizer as in serving.
 """
 
-import json
 import random
 import statistics
 import time
@@ -18,6 +17,8 @@ from typing import Any
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from services.contracts.build_layout import DEFAULT_SEED, BuildLayout
+from services.contracts.model_repository import latest_version
 from services.pipeline.datasets import Example, load_task, split_examples, stratified_sample
 from services.pipeline.errors import PipelineError
 from services.pipeline.evaluate import classification_metrics
@@ -28,8 +29,6 @@ from services.prompts.selection import Selection, choose_examples
 from services.prompts.templates import PromptFormat, PromptTemplate, clip
 
 __all__ = ["PromptEvalOptions", "PromptSettings", "TaskData", "evaluate_prompts", "load_template"]
-
-_BUILD_SEED = 13  # `switchyard models build`'s default
 
 
 class PromptSettings(BaseSettings):
@@ -69,13 +68,8 @@ class TaskData:
             loaded = load_task(task)
         except PipelineError as exc:
             raise PromptError(str(exc)) from None
-        report = build_dir / "report.json"
-        split_seed = _BUILD_SEED
-        if report.exists():
-            split_seed = int(
-                json.loads(report.read_text(encoding="utf-8")).get("seed", _BUILD_SEED)
-            )
-        splits = split_examples(loaded.examples, split_seed)
+        report = BuildLayout(build_dir).read_report()
+        splits = split_examples(loaded.examples, DEFAULT_SEED if report is None else report.seed)
         pool = _sample(splits.train, settings.pool_size, seed, len(loaded.labels))
         return cls(
             labels=loaded.labels,
@@ -164,17 +158,14 @@ def evaluate_prompts(
 
 def _student_row(build_dir: Path, task: str, data: TaskData) -> dict[str, Any] | None:
     """The build's distilled student (ONNX, in-process) on the same texts; None without one."""
-    from services.onnx_classifier import OnnxTextClassifier
+    from services.pipeline.onnx_classifier import OnnxTextClassifier
 
-    model_dir = build_dir / "model_repository" / task
-    versions = sorted(
-        (p for p in model_dir.glob("[0-9]*") if p.is_dir()), key=lambda p: int(p.name)
-    )
-    if not versions:
+    try:
+        files = latest_version(BuildLayout(build_dir).model_repository, task)
+    except FileNotFoundError:
         return None
-    version = versions[-1]
-    student = OnnxTextClassifier(version / "model.onnx", version / "tokenizer.json")
-    labels = json.loads((version / "labels.json").read_text(encoding="utf-8"))
+    student = OnnxTextClassifier.of_version(files)
+    labels = files.labels()
     predicted, durations = [], []
     for example in data.test:
         started = time.perf_counter()
@@ -182,7 +173,7 @@ def _student_row(build_dir: Path, task: str, data: TaskData) -> dict[str, Any] |
         durations.append(time.perf_counter() - started)
         predicted.append(data.labels.index(labels[int(logits[0].argmax())]))
     return {
-        "model": f"distilled student ({task} v{version.name}, ONNX)",
+        "model": f"distilled student ({task} v{files.version}, ONNX)",
         "shots": None,
         **classification_metrics([e.label for e in data.test], predicted),
         "prompt_tokens_mean": None,

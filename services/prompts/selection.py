@@ -11,10 +11,18 @@ from transformers import AutoModel, AutoTokenizer
 from services.pipeline import assets
 from services.prompts.errors import PromptError
 
-__all__ = ["Selection", "choose_examples"]
+__all__ = ["SELECTIONS", "Selection", "choose_examples", "parse_selection"]
 
 Selection = Literal["random", "nearest"]
+SELECTIONS: tuple[Selection, ...] = ("random", "nearest")
 Labelled = tuple[str, str]
+
+
+def parse_selection(value: str) -> Selection:
+    for selection in SELECTIONS:
+        if value == selection:
+            return selection
+    raise PromptError(f"unknown selection {value!r}; use {' or '.join(SELECTIONS)}")
 
 
 def choose_examples(

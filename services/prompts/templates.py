@@ -23,9 +23,10 @@ from typing import Literal
 
 from services.prompts.errors import PromptError
 
-__all__ = ["PromptFormat", "PromptTemplate", "Rendered", "clip"]
+__all__ = ["FORMATS", "PromptFormat", "PromptTemplate", "Rendered", "clip", "parse_format"]
 
 PromptFormat = Literal["plain", "chat"]
+FORMATS: tuple[PromptFormat, ...] = ("plain", "chat")
 ChatRenderer = Callable[[list[dict[str, str]], bool], str]
 
 _INSTRUCTIONS = {
@@ -35,6 +36,13 @@ _INSTRUCTIONS = {
 _EXAMPLE = "\n\ntext: {text}\n{field}: {label}"
 _QUERY = "\n\ntext: {text}\n{field}:"
 _SPACES = re.compile(r"\s+")
+
+
+def parse_format(value: str) -> PromptFormat:
+    for prompt_format in FORMATS:
+        if value == prompt_format:
+            return prompt_format
+    raise PromptError(f"unknown format {value!r}; use {' or '.join(FORMATS)}")
 
 
 def clip(text: str, max_chars: int) -> str:

@@ -9,7 +9,7 @@ import asyncio
 import contextlib
 import threading
 
-from services.ports import free_port
+from services.processes.ports import free_port
 
 __all__ = ["StallingProxy"]
 

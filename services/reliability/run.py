@@ -15,6 +15,7 @@ from pathlib import Path
 
 import psutil
 
+from services.contracts.build_layout import BuildLayout
 from services.reliability import scenarios
 from services.reliability.scenarios import Corpus, ScenarioResult
 from services.reliability.testbed import Testbed
@@ -65,7 +66,7 @@ class ReliabilityOptions:
 def run_reliability(
     options: ReliabilityOptions, say: Callable[[str], None]
 ) -> list[ScenarioResult]:
-    repository = options.build_dir / "model_repository"
+    repository = BuildLayout(options.build_dir).model_repository
     if not repository.is_dir():
         raise RuntimeError(f"no model repository in {options.build_dir}: build the models first")
     names = list(options.only or FAST_SCENARIOS)
@@ -114,11 +115,8 @@ def run_reliability(
 
 
 def _describe_build(build_dir: Path) -> str:
-    report = build_dir / "report.json"
-    profile = (
-        json.loads(report.read_text(encoding="utf-8")).get("profile") if report.exists() else None
-    )
-    return f"the {profile} profile's models" if profile else f"the models of {build_dir}"
+    report = BuildLayout(build_dir).read_report()
+    return f"the {report.profile} profile's models" if report else f"the models of {build_dir}"
 
 
 def _number(value: float) -> str:

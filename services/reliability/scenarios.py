@@ -19,8 +19,9 @@ import psutil
 from google.protobuf.message import Message
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from router._generated.switchyard.v1 import router_pb2
-from services.cache_schema import generation_key, prediction_key
+from router import contract
+from router.client import RequestError
+from services.contracts.cache_schema import generation_key, prediction_key
 from services.reliability.testbed import Testbed, publish_generation, task_labels
 from services.reliability.traffic import Outcome, Traffic, TrafficPlan
 
@@ -95,15 +96,13 @@ def _first(outcomes: Sequence[Outcome], after: float, good: Callable[[Outcome], 
 
 def _is_serving(bed: Testbed, timeout_s: float = 15.0) -> bool:
     """Whether the router reports itself SERVING within `timeout_s`."""
-    with grpc.insecure_channel(bed.router.address) as channel:
-        stub = health_pb2_grpc.HealthStub(channel)
+    with bed.router.client(timeout_s=2.0) as client:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             try:
-                reply = stub.Check(health_pb2.HealthCheckRequest(), timeout=2)
-                if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                if client.health() == "SERVING":
                     return True
-            except grpc.RpcError:
+            except RequestError:
                 pass
             time.sleep(0.1)
     return False
@@ -382,17 +381,11 @@ def malformed_cache_values(bed: Testbed, corpus: Corpus) -> ScenarioResult:
         client.set(prediction_key(TASK, generation.decode(), text), value, ex=3600)
     before = _metric(bed, "switchyard_cache_malformed_values_total", TASK)
     outcomes: list[Outcome] = []
-    with grpc.insecure_channel(bed.router.address) as channel:
-        predict = channel.unary_unary(
-            "/switchyard.v1.Router/Predict",
-            request_serializer=router_pb2.PredictRequest.SerializeToString,
-            response_deserializer=router_pb2.PredictResponse.FromString,
-        )
+    with bed.router.client() as router:
         for text in victims:
             started = time.monotonic()
-            reply = predict(router_pb2.PredictRequest(task=TASK, text=text), timeout=5)
-            route = "cache" if reply.route == router_pb2.ROUTE_CACHE else "model"
-            outcomes.append(Outcome(started, time.monotonic(), "OK", routes=(route,)))
+            answer = router.predict(TASK, text)
+            outcomes.append(Outcome(started, time.monotonic(), "OK", routes=(answer.route.value,)))
     counted = _metric(bed, "switchyard_cache_malformed_values_total", TASK) - before
     return ScenarioResult(
         name="malformed-cache-values",
@@ -423,8 +416,8 @@ def bad_input(bed: Testbed, requests: int = 400, seed: int = 7) -> ScenarioResul
     with grpc.insecure_channel(
         bed.router.address, options=[("grpc.max_send_message_length", 64 << 20)]
     ) as channel:
-        raw_predict = channel.unary_unary("/switchyard.v1.Router/Predict")
-        raw_batch = channel.unary_unary("/switchyard.v1.Router/PredictBatch")
+        raw_predict = channel.unary_unary(f"/{contract.SERVICE}/Predict")
+        raw_batch = channel.unary_unary(f"/{contract.SERVICE}/PredictBatch")
         for index in range(requests):
             payload, call = _junk(rng, index), raw_predict if index % 2 else raw_batch
             started = time.monotonic()
@@ -464,23 +457,23 @@ def _junk(rng: random.Random, index: int) -> bytes:
     if kind == 1:  # a string field holding invalid UTF-8 (a CESU-8 lone surrogate)
         return b"\x0a\x05topic\x12\x03\xed\xa0\x80"
     if kind == 2:
-        message = router_pb2.PredictRequest(task="topic", text="x" * 100_000)
+        message = contract.PredictRequest(task="topic", text="x" * 100_000)
     elif kind == 3:
-        message = router_pb2.PredictRequest(task=text, text=text)
+        message = contract.PredictRequest(task=text, text=text)
     elif kind == 4:
-        message = router_pb2.PredictRequest(task="topic", text=text or "x")
+        message = contract.PredictRequest(task="topic", text=text or "x")
         message.policy = rng.choice([4, 99, -1])
     elif kind == 5:
         confidence = rng.choice([float("nan"), 2.0, -1.0])
-        message = router_pb2.PredictRequest(task="sentiment", text=text, min_confidence=confidence)
+        message = contract.PredictRequest(task="sentiment", text=text, min_confidence=confidence)
     elif kind == 6 and index % 16 == 14:  # over the message size limit (4 MiB by default)
-        message = router_pb2.PredictRequest(task="topic", text="x" * (5 << 20))
+        message = contract.PredictRequest(task="topic", text="x" * (5 << 20))
     elif kind == 6:
         count = rng.choice([0, 9, 1000])
-        message = router_pb2.PredictBatchRequest(task="topic", texts=[text or "x"] * count)
+        message = contract.PredictBatchRequest(task="topic", texts=[text or "x"] * count)
     else:  # junk in front of a valid message
         prefix = rng.randbytes(rng.randint(1, 8))
-        message = router_pb2.PredictRequest(task="topic", text=text)
+        message = contract.PredictRequest(task="topic", text=text)
         return prefix + bytes(message.SerializeToString())
     serialized: bytes = message.SerializeToString()
     return serialized

@@ -4,10 +4,7 @@ Every process is started here and stopped by `Testbed.stop` (or the context mana
 when a scenario fails half way.
 """
 
-import json
 import os
-import signal
-import subprocess
 import sys
 import time
 import uuid
@@ -15,25 +12,25 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-import grpc
 import redis
 import yaml
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from services.cache_schema import (
+from router.client import RequestError, RouterClient, TlsConfig
+from services.contracts.cache_schema import (
     GENERATIONS_CHANNEL,
     CachedPrediction,
     generation_key,
     prediction_key,
 )
-from services.ports import free_port
-from services.redis_server import RedisServer
+from services.contracts.model_repository import latest_version
+from services.processes.ports import free_port
+from services.processes.redis_server import RedisServer
+from services.processes.supervisor import ChildProcess, StartFailed
 from services.reliability.proxy import StallingProxy
 from services.triton.server import TritonServer, TritonSettings
 
 __all__ = ["RouterProcess", "Testbed", "publish_generation", "task_labels"]
 
-SERVING = health_pb2.HealthCheckResponse.SERVING
 _SWITCHYARD = [sys.executable, "-m", "services.cli"]
 
 
@@ -42,7 +39,7 @@ class RouterProcess:
 
     The settings are those of a test deployment: fast health polls and breaker resets, small
     limits; `overrides` replace any of them. `env` is added to the child's environment, and
-    `credentials` make every channel to it (the readiness check too) a TLS channel.
+    `tls` makes every client of it (the readiness check too) speak TLS.
     """
 
     def __init__(
@@ -53,10 +50,10 @@ class RouterProcess:
         triton_port: int,
         *,
         env: dict[str, str] | None = None,
-        credentials: grpc.ChannelCredentials | None = None,
+        tls: TlsConfig | None = None,
         **overrides: Any,
     ) -> None:
-        self.credentials = credentials
+        self.tls = tls
         self.grpc_port = free_port()
         self.metrics_port = free_port()
         self.address = f"127.0.0.1:{self.grpc_port}"
@@ -79,76 +76,47 @@ class RouterProcess:
         }
         self.settings = settings | overrides
         self.config.write_text(yaml.safe_dump(self.settings))
-        self.process: subprocess.Popen[bytes] | None = None
+        self.process: ChildProcess | None = None
 
-    def channel(self) -> grpc.Channel:
-        if self.credentials is None:
-            return grpc.insecure_channel(self.address)
-        return grpc.secure_channel(self.address, self.credentials)
+    def client(self, **options: Any) -> RouterClient:
+        """A client of this router (TLS when the router has it); `options` as RouterClient's."""
+        return RouterClient(self.address, tls=self.tls, **{"retries": 0} | options)
+
+    def _health_answers(self, serving: bool) -> bool:
+        with self.client(timeout_s=1.0) as client:
+            try:
+                return client.health() == "SERVING" or not serving
+            except RequestError:
+                return False
 
     def start(self, timeout_s: float = 60.0, serving: bool = True) -> None:
         """Start, and wait until health says SERVING (or answers at all, unless `serving`)."""
-        with self.log.open("ab") as log:
-            self.process = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "services.cli",
-                    "router",
-                    "serve",
-                    "--config",
-                    str(self.config),
-                ],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                env={**os.environ, **self.env},
-                start_new_session=True,
-            )
-        with self.channel() as channel:
-            health = health_pb2_grpc.HealthStub(channel)
-            deadline = time.monotonic() + timeout_s
-            while time.monotonic() < deadline:
-                if self.process.poll() is not None:
-                    raise RuntimeError(f"router exited:\n{self.log_text()[-3000:]}")
-                try:
-                    request = health_pb2.HealthCheckRequest(service="")
-                    if health.Check(request, timeout=1).status == SERVING or not serving:
-                        return
-                except grpc.RpcError:
-                    pass
-                time.sleep(0.1)
-        self.stop()
-        raise RuntimeError(f"router did not become healthy within {timeout_s:.0f} s")
+        command = [*_SWITCHYARD, "router", "serve", "--config", str(self.config)]
+        self.process = ChildProcess.start(
+            "router", command, self.log, address=self.address, env={**os.environ, **self.env}
+        )
+        try:
+            self.process.wait_ready(lambda: self._health_answers(serving), timeout_s)
+        except StartFailed as exc:
+            self.stop()
+            raise RuntimeError(f"{exc}:\n{self.log_text()[-3000:]}") from None
 
     def log_text(self) -> str:
         return self.log.read_text(encoding="utf-8", errors="replace") if self.log.exists() else ""
 
     def signal(self, signum: int) -> None:
         if self.process is not None:
-            self.process.send_signal(signum)
+            self.process.signal(signum)
 
     def stop(self) -> int | None:
         """SIGTERM, SIGKILL after 15 s; returns the exit code (None if it was not running)."""
         process, self.process = self.process, None
-        if process is None:
-            return None
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(15)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
-        return process.returncode
+        return None if process is None else process.stop(15.0)
 
 
 def task_labels(repository: Path, model: str) -> list[str]:
     """The labels of the newest version of `model` in a model repository."""
-    versions = sorted(
-        (p for p in (repository / model).iterdir() if p.name.isdigit()), key=lambda p: int(p.name)
-    )
-    labels: list[str] = json.loads((versions[-1] / "labels.json").read_text(encoding="utf-8"))
-    return labels
+    return latest_version(repository, model).labels()
 
 
 def publish_generation(

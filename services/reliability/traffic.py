@@ -1,32 +1,27 @@
 """Background traffic to a router that records the outcome of every request.
 
 Clients run on one asyncio loop in a thread of their own, so a scenario can break servers in
-the foreground while requests keep flowing. Either `clients` send back to back (closed loop,
-with an optional pause between requests) or requests start at a fixed `rate` (open loop).
+the foreground while requests keep flowing. The load is `bench.load`'s generator: `clients`
+back to back (closed loop, with an optional pause between requests), or requests starting
+at a fixed `rate` (open loop, each timed from when it was due).
 """
 
 import asyncio
 import itertools
 import threading
-import time
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Any
 
-import grpc
-
-from router._generated.switchyard.v1 import router_pb2
+from bench.load import LoadGenerator, Overloaded, Sample
+from router.client import AsyncRouterClient, Policy, Prediction, RequestError
 
 __all__ = ["Outcome", "Traffic", "TrafficPlan"]
-
-_ROUTES = {router_pb2.ROUTE_CACHE: "cache", router_pb2.ROUTE_MODEL: "model"}
-_Call = Callable[[], Coroutine[Any, Any, None]]
 
 
 @dataclass(frozen=True)
 class Outcome:
-    """One request: when it started and ended (time.monotonic), and what came back."""
+    """One request: when it was due, started and ended (time.monotonic), what came back."""
 
     started: float
     ended: float
@@ -36,6 +31,7 @@ class Outcome:
     generations: tuple[str, ...] = ()
     labels: tuple[str, ...] = ()
     texts: tuple[str, ...] = ()
+    due: float | None = None
 
     @property
     def ok(self) -> bool:
@@ -43,7 +39,30 @@ class Outcome:
 
     @property
     def seconds(self) -> float:
-        return self.ended - self.started
+        """From when the request was due (open loop) or sent (closed loop) to its answer."""
+        return self.ended - (self.started if self.due is None else self.due)
+
+    @classmethod
+    def of(cls, sample: Sample[list[Prediction]], texts: tuple[str, ...]) -> "Outcome":
+        started, ended, due = sample.started, sample.ended, sample.due
+        error = sample.error
+        if isinstance(error, RequestError):
+            return cls(started, ended, error.code.name, error.details, texts=texts, due=due)
+        if isinstance(error, Overloaded):
+            return cls(started, ended, "RESOURCE_EXHAUSTED", "client", texts=texts, due=due)
+        if error is not None:
+            return cls(started, ended, "CLIENT_ERROR", repr(error), texts=texts, due=due)
+        answers = sample.result or []
+        return cls(
+            started,
+            ended,
+            "OK",
+            due=due,
+            routes=tuple(answer.route.value for answer in answers),
+            generations=tuple(answer.cache_generation for answer in answers),
+            labels=tuple(answer.label for answer in answers),
+            texts=texts,
+        )
 
 
 @dataclass(frozen=True)
@@ -55,7 +74,7 @@ class TrafficPlan:
     rate: float | None = None
     pause_s: float = 0.0
     timeout_s: float | None = 5.0
-    policy: router_pb2.RoutePolicy = router_pb2.ROUTE_POLICY_AUTO
+    policy: Policy = Policy.AUTO
     max_outstanding: int = 256
 
 
@@ -72,7 +91,10 @@ class Traffic:
         self._address = address
         self._plan = plan
         self._state = _State()
-        self._texts = itertools.cycle(plan.texts)
+        texts = itertools.cycle(plan.texts)
+        # Which texts each request sends, decided before it is sent: index -> texts.
+        self._batches = (tuple(next(texts) for _ in range(plan.batch)) for _ in itertools.count())
+        self._sent: dict[int, tuple[str, ...]] = {}
         self._sending = threading.Event()
         self._thread = threading.Thread(target=self._run, name="traffic", daemon=True)
         self._ready = threading.Event()
@@ -113,82 +135,25 @@ class Traffic:
     def _run(self) -> None:
         asyncio.run(self._main())
 
+    def _record(self, sample: Sample[list[Prediction]]) -> None:
+        outcome = Outcome.of(sample, self._sent.pop(sample.index, ()))
+        with self._state.lock:
+            self._state.outcomes.append(outcome)
+
     async def _main(self) -> None:
         plan = self._plan
-        async with grpc.aio.insecure_channel(self._address) as channel:
-            predict = channel.unary_unary(
-                "/switchyard.v1.Router/Predict",
-                request_serializer=router_pb2.PredictRequest.SerializeToString,
-                response_deserializer=router_pb2.PredictResponse.FromString,
-            )
-            predict_batch = channel.unary_unary(
-                "/switchyard.v1.Router/PredictBatch",
-                request_serializer=router_pb2.PredictBatchRequest.SerializeToString,
-                response_deserializer=router_pb2.PredictBatchResponse.FromString,
-            )
+        # No retries: the scenarios count what the router itself answered.
+        async with AsyncRouterClient(self._address, timeout_s=plan.timeout_s, retries=0) as client:
 
-            async def one() -> None:
-                texts = tuple(next(self._texts) for _ in range(plan.batch))
-                started = time.monotonic()
-                try:
-                    if plan.batch == 1:
-                        request = router_pb2.PredictRequest(
-                            task=plan.task, text=texts[0], policy=plan.policy
-                        )
-                        results = [await predict(request, timeout=plan.timeout_s)]
-                    else:
-                        batch_request = router_pb2.PredictBatchRequest(
-                            task=plan.task, texts=texts, policy=plan.policy
-                        )
-                        reply = await predict_batch(batch_request, timeout=plan.timeout_s)
-                        results = list(reply.results)
-                except grpc.aio.AioRpcError as exc:
-                    outcome = Outcome(
-                        started, time.monotonic(), exc.code().name, exc.details() or "", texts=texts
-                    )
-                else:
-                    outcome = Outcome(
-                        started,
-                        time.monotonic(),
-                        "OK",
-                        routes=tuple(_ROUTES.get(r.route, "?") for r in results),
-                        generations=tuple(r.cache_generation for r in results),
-                        labels=tuple(r.label for r in results),
-                        texts=texts,
-                    )
-                with self._state.lock:
-                    self._state.outcomes.append(outcome)
+            async def one(index: int) -> list[Prediction]:
+                texts = self._sent[index] = next(self._batches)
+                if plan.batch == 1:
+                    return [await client.predict(plan.task, texts[0], policy=plan.policy)]
+                return await client.predict_batch(plan.task, texts, policy=plan.policy)
 
+            generator = LoadGenerator(one, self._record)
             self._ready.set()
             if plan.rate is None:
-                await asyncio.gather(*(self._client(one) for _ in range(plan.clients)))
+                await generator.closed_loop(plan.clients, self._sending.is_set, plan.pause_s)
             else:
-                await self._fixed_rate(one, plan.rate, plan.max_outstanding)
-
-    async def _client(self, one: _Call) -> None:
-        while self._sending.is_set():
-            await one()
-            if self._plan.pause_s:
-                await asyncio.sleep(self._plan.pause_s)
-
-    async def _fixed_rate(self, one: _Call, rate: float, max_outstanding: int) -> None:
-        """Start one request every 1/rate s; beyond `max_outstanding` in flight, skip a slot
-        and count it as a client-side RESOURCE_EXHAUSTED, so overload shows as errors."""
-        in_flight: set[asyncio.Task[None]] = set()
-        started = time.monotonic()
-        for index in itertools.count():
-            if not self._sending.is_set():
-                break
-            delay = started + index / rate - time.monotonic()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            if len(in_flight) >= max_outstanding:
-                now = time.monotonic()
-                with self._state.lock:
-                    self._state.outcomes.append(Outcome(now, now, "RESOURCE_EXHAUSTED", "client"))
-                continue
-            task = asyncio.create_task(one())
-            in_flight.add(task)
-            task.add_done_callback(in_flight.discard)
-        if in_flight:
-            await asyncio.gather(*in_flight)
+                await generator.open_loop(plan.rate, self._sending.is_set, plan.max_outstanding)

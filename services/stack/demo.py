@@ -5,9 +5,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import grpc
-
-from router._generated.switchyard.v1 import router_pb2, router_pb2_grpc
+from router.client import RouterClient, TlsConfig
 
 __all__ = ["DemoAnswer", "run_demo"]
 
@@ -36,26 +34,26 @@ def _requests(queries_dir: Path, task: str) -> list[str]:
     return [*cached, "  " + cached[0].upper() + "  ", *_UNSEEN[task]]
 
 
-def run_demo(address: str, queries_dir: Path, timeout_s: float) -> list[DemoAnswer]:
+def run_demo(
+    address: str, queries_dir: Path, timeout_s: float, tls: TlsConfig | None = None
+) -> list[DemoAnswer]:
+    """RequestError when the router refuses a request."""
     answers = []
-    with grpc.insecure_channel(address) as channel:
-        stub = router_pb2_grpc.RouterStub(channel)
-        listed = stub.ListTasks(router_pb2.ListTasksRequest(), timeout=timeout_s)
-        for task in [info.task for info in listed.tasks]:
+    with RouterClient(address, tls=tls, timeout_s=timeout_s) as client:
+        for task in [info.task for info in client.list_tasks()]:
             if task not in _UNSEEN:
                 continue
             for text in _requests(queries_dir, task):
                 started = time.perf_counter()
-                request = router_pb2.PredictRequest(task=task, text=text)
-                reply = stub.Predict(request, timeout=timeout_s)
+                answer = client.predict(task, text)
                 answers.append(
                     DemoAnswer(
                         task=task,
                         text=text,
-                        label=reply.label,
-                        score=reply.score,
-                        route=router_pb2.Route.Name(reply.route).removeprefix("ROUTE_").lower(),
-                        server_ms=reply.server_latency_ms,
+                        label=answer.label,
+                        score=answer.score,
+                        route=answer.route.value,
+                        server_ms=answer.server_latency_ms,
                         client_ms=(time.perf_counter() - started) * 1000,
                     )
                 )

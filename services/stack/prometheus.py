@@ -4,16 +4,21 @@ The jobs and rules are the same as in docker-compose (services/monitoring/promet
 recording rules, alerts and the Grafana dashboard work unchanged on either.
 """
 
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-__all__ = ["ROUTER_JOB", "RULES_DIR", "TRITON_JOB", "local_config"]
+__all__ = ["ROUTER_JOB", "TRITON_JOB", "local_config", "rules_dir"]
 
 ROUTER_JOB = "switchyard-router"
 TRITON_JOB = "triton"
-RULES_DIR = Path(__file__).resolve().parents[1] / "monitoring" / "prometheus" / "rules"
+
+
+def rules_dir() -> Path:
+    """The recording and alerting rules, from the installed package's data."""
+    return Path(str(resources.files("services.monitoring") / "prometheus" / "rules"))
 
 
 def local_config(host: str, router_metrics: int, triton_metrics: int, interval_s: float) -> str:
@@ -22,7 +27,7 @@ def local_config(host: str, router_metrics: int, triton_metrics: int, interval_s
             "scrape_interval": f"{interval_s:g}s",
             "evaluation_interval": f"{interval_s:g}s",
         },
-        "rule_files": [str(RULES_DIR / "*.yml")],
+        "rule_files": [str(rules_dir() / "*.yml")],
         "scrape_configs": [
             {"job_name": ROUTER_JOB, "static_configs": [{"targets": [f"{host}:{router_metrics}"]}]},
             {"job_name": TRITON_JOB, "static_configs": [{"targets": [f"{host}:{triton_metrics}"]}]},

@@ -9,25 +9,32 @@ import shutil
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import Callable
+from importlib import resources
 from pathlib import Path
 
 import yaml
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
-from redis.exceptions import RedisError
 
-from services.redis_server import RedisServer
+from router.client import RequestError, RouterClient
+from services.contracts.build_layout import BuildLayout
+from services.contracts.model_repository import CONFIG_FILE
+from services.processes.redis_server import RedisServer
+from services.processes.supervisor import ChildProcess, ProcessRecord, StartFailed
 from services.stack.errors import StackError
-from services.stack.health import http_ok, router_serving
-from services.stack.processes import ManagedProcess, StateFile, spawn, stop
+from services.stack.health import http_ok
+from services.stack.processes import StateFile
 from services.stack.prometheus import local_config
 
 __all__ = ["StackError", "StackSettings", "down", "up"]
 
-_REPOSITORY_ROOT = Path(__file__).resolve().parents[2]
 TASKS = ("topic", "sentiment")
+
+
+def _package_file(package: str, name: str) -> Path:
+    """A data file shipped inside an installed package (a checkout or a wheel alike)."""
+    return Path(str(resources.files(package) / name))
 
 
 class StackSettings(BaseSettings):
@@ -48,8 +55,8 @@ class StackSettings(BaseSettings):
     scrape_interval_seconds: float = Field(5.0, gt=0)
     ready_timeout_seconds: float = Field(180.0, gt=0)
     stop_grace_seconds: float = Field(15.0, gt=0)
-    queries_dir: Path = _REPOSITORY_ROOT / "services" / "stack" / "queries"
-    router_config: Path = _REPOSITORY_ROOT / "router" / "config.yaml"
+    queries_dir: Path = Field(default_factory=lambda: _package_file("services.stack", "queries"))
+    router_config: Path = Field(default_factory=lambda: _package_file("router", "config.yaml"))
 
     def ports(self) -> dict[str, int]:
         return {
@@ -86,19 +93,9 @@ def _check_ports(settings: StackSettings, with_prometheus: bool) -> None:
                 ) from None
 
 
-def _wait(process: ManagedProcess, ready: Callable[[], bool], timeout_s: float) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not ready():
-        if not process.alive():
-            raise StackError(f"{process.name} exited while starting; see {process.log}")
-        if time.monotonic() > deadline:
-            raise StackError(f"{process.name} not ready after {timeout_s:.0f} s; see {process.log}")
-        time.sleep(0.2)
-
-
 def _ensure_models(settings: StackSettings, say: Callable[[str], None]) -> Path:
-    repository = settings.build_dir / "model_repository"
-    if all((repository / task / "config.pbtxt").is_file() for task in TASKS):
+    repository = BuildLayout(settings.build_dir).model_repository
+    if all((repository / task / CONFIG_FILE).is_file() for task in TASKS):
         return repository
     say(f"no models in {settings.build_dir}: building the quick profile first (about 6 min)")
     build = _switchyard("models", "build", "--profile", "quick", "--out", str(settings.build_dir))
@@ -122,7 +119,15 @@ def _router_config(settings: StackSettings, repository: Path) -> Path:
     return path
 
 
-def up(settings: StackSettings, say: Callable[[str], None]) -> list[ManagedProcess]:
+def _router_serving(address: str) -> bool:
+    with RouterClient(address, timeout_s=2.0, retries=0) as client:
+        try:
+            return client.health() == "SERVING"
+        except RequestError:
+            return False
+
+
+def up(settings: StackSettings, say: Callable[[str], None]) -> list[ProcessRecord]:
     """Start the stack; returns its processes. StackError (nothing left running) on failure."""
     state = StateFile(settings.state_dir)
     running = [p for p in state.load() if p.alive()]
@@ -135,20 +140,24 @@ def up(settings: StackSettings, say: Callable[[str], None]) -> list[ManagedProce
     settings.state_dir.mkdir(parents=True, exist_ok=True)
     logs = settings.state_dir / "logs"
     host, timeout = settings.host, settings.ready_timeout_seconds
-    started: list[ManagedProcess] = []
+    started: list[ProcessRecord] = []
 
     def start(name: str, command: list[str], address: str, ready: Callable[[], bool]) -> None:
-        process = spawn(name, command, address, logs / f"{name}.log")
-        started.append(process)
-        state.save(started)
-        _wait(process, ready, timeout)
+        # Detached: the servers outlive this command; `down` stops them by their records.
+        try:
+            process = ChildProcess.start(name, command, logs / f"{name}.log", address=address)
+            started.append(process.record)
+            state.save(started)
+            process.wait_ready(ready, timeout)
+        except StartFailed as exc:
+            raise StackError(str(exc)) from None
         say(f"{name} ready on {address} (pid {process.pid})")
 
     try:
         redis_dir = settings.state_dir / "redis"
         redis_dir.mkdir(exist_ok=True)
         redis = RedisServer(redis_dir, settings.redis_port, host)
-        start("redis", redis.command(), redis.url, lambda: _redis_ready(redis))
+        start("redis", redis.command(), redis.url, redis.ping)
         triton = _switchyard(
             "triton", "serve", "--repository", str(repository), "--host", host,
             "--grpc-port", str(settings.triton_grpc_port),
@@ -161,7 +170,7 @@ def up(settings: StackSettings, say: Callable[[str], None]) -> list[ManagedProce
         router_address = f"{host}:{settings.router_port}"
         router_config = _router_config(settings, repository)
         router = _switchyard("router", "serve", "--config", str(router_config))
-        start("router", router, router_address, lambda: router_serving(router_address) == "SERVING")
+        start("router", router, router_address, lambda: _router_serving(router_address))
         for task in TASKS:
             _first_batch(settings, task, redis.url, say)
         if prometheus is not None:
@@ -184,18 +193,11 @@ def up(settings: StackSettings, say: Callable[[str], None]) -> list[ManagedProce
         else:
             say("prometheus is not installed: metrics stay on the router's and Triton's ports")
     except BaseException:
-        for process in reversed(started):
-            stop(process, settings.stop_grace_seconds)
+        for record in reversed(started):
+            record.stop(settings.stop_grace_seconds)
         state.remove()
         raise
     return started
-
-
-def _redis_ready(redis: RedisServer) -> bool:
-    try:
-        return bool(redis.client().ping())
-    except (RedisError, OSError):
-        return False
 
 
 def _first_batch(
@@ -214,13 +216,13 @@ def _first_batch(
     say(f"cache filled for {task} from {queries.name}")
 
 
-def down(settings: StackSettings, say: Callable[[str], None]) -> list[ManagedProcess]:
+def down(settings: StackSettings, say: Callable[[str], None]) -> list[ProcessRecord]:
     """Stop every recorded server, last started first; returns those that were running."""
     state = StateFile(settings.state_dir)
     processes = state.load()
     stopped = [p for p in processes if p.alive()]
     for process in reversed(processes):
-        stop(process, settings.stop_grace_seconds)
+        process.stop(settings.stop_grace_seconds)
         if process in stopped:
             say(f"{process.name} stopped (pid {process.pid})")
     state.remove()

@@ -15,7 +15,14 @@ from pathlib import Path
 
 import onnxruntime as ort
 
-from services.pipeline.repository import parse_config, render_config
+from services.contracts.model_repository import (
+    CONFIG_FILE,
+    MODEL_FILE,
+    model_names,
+    parse_config,
+    render_config,
+    version_dirs,
+)
 
 __all__ = ["RUNNER_FILE", "RuntimeRepository", "SyncReport"]
 
@@ -39,11 +46,11 @@ def _replace_file(path: Path, text: str) -> None:
 def _check_version(model_file: Path, input_names: list[str], output_names: list[str]) -> None:
     """Raise ValueError unless onnxruntime loads the file and its tensors match the config."""
     if not model_file.is_file():
-        raise ValueError("no model.onnx")
+        raise ValueError(f"no {MODEL_FILE}")
     try:
         session = ort.InferenceSession(str(model_file), providers=["CPUExecutionProvider"])
     except Exception as exc:  # onnxruntime raises several unrelated exception types
-        raise ValueError(f"onnxruntime cannot load model.onnx: {exc}") from None
+        raise ValueError(f"onnxruntime cannot load {MODEL_FILE}: {exc}") from None
     graph_inputs = {node.name for node in session.get_inputs()}
     graph_outputs = {node.name for node in session.get_outputs()}
     if set(input_names) != graph_inputs or not set(output_names) <= graph_outputs:
@@ -68,11 +75,7 @@ class RuntimeRepository:
         """Bring the runtime repository in line with the source repository."""
         report = SyncReport()
         self.runtime.mkdir(parents=True, exist_ok=True)
-        models = {
-            path.name: path
-            for path in sorted(self.source.iterdir())
-            if (path / "config.pbtxt").is_file() and not path.name.startswith(".")
-        }
+        models = {name: self.source / name for name in model_names(self.source)}
         for stale in sorted(p for p in self.runtime.iterdir() if p.name not in models):
             shutil.rmtree(stale)
             report.removed.append(stale.name)
@@ -82,7 +85,7 @@ class RuntimeRepository:
 
     def _sync_model(self, name: str, source_model: Path, report: SyncReport) -> None:
         try:
-            config = parse_config((source_model / "config.pbtxt").read_text(encoding="utf-8"))
+            config = parse_config((source_model / CONFIG_FILE).read_text(encoding="utf-8"))
         except ValueError as exc:
             report.rejected[name] = str(exc)
             return
@@ -98,22 +101,22 @@ class RuntimeRepository:
             config.parameters["intra_op_thread_count"].string_value = str(self._onnx_threads)
         runtime_model = self.runtime / name
         runtime_model.mkdir(exist_ok=True)
-        config_path = runtime_model / "config.pbtxt"
+        config_path = runtime_model / CONFIG_FILE
         rendered = render_config(config)
         if not config_path.exists() or config_path.read_text(encoding="utf-8") != rendered:
             _replace_file(config_path, rendered)
 
         input_names = [tensor.name for tensor in config.input]
         output_names = [tensor.name for tensor in config.output]
-        versions = {p.name: p for p in source_model.iterdir() if p.is_dir() and p.name.isdigit()}
+        versions = {path.name: path for path in version_dirs(source_model)}
         for stale in [p for p in runtime_model.iterdir() if p.is_dir()]:
             if stale.name not in versions:
                 shutil.rmtree(stale)
                 report.removed.append(f"{name}/{stale.name}")
-        for version, source_version in sorted(versions.items(), key=lambda item: int(item[0])):
+        for version, source_version in versions.items():
             if (runtime_model / version).exists():
                 continue
-            model_file = source_version / "model.onnx"
+            model_file = source_version / MODEL_FILE
             stamp = model_file.stat().st_mtime if model_file.exists() else 0.0
             if self._rejected.get(model_file) == stamp:
                 continue
@@ -128,6 +131,6 @@ class RuntimeRepository:
             shutil.rmtree(partial, ignore_errors=True)
             partial.mkdir()
             (partial / "model.py").symlink_to(RUNNER_FILE)
-            (partial / "model.onnx").symlink_to(model_file.resolve())
+            (partial / MODEL_FILE).symlink_to(model_file.resolve())
             partial.rename(runtime_model / version)
             report.added.append(f"{name}/{version}")

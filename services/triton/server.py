@@ -2,28 +2,28 @@
 
 The server can hang instead of exiting when its python-backend stub fails to start, so
 readiness is awaited with a deadline and the server's own error lines are reported. The
-server runs in its own process group, so stopping it also stops every backend stub.
+server runs in its own process group (`services.processes.supervisor`), so stopping it also
+stops every backend stub, and it gets SIGTERM if the launcher dies first.
 """
 
-import contextlib
 import importlib.util
 import os
 import re
 import secrets
 import shutil
-import signal
-import subprocess
 import sys
 import sysconfig
 import tempfile
-import time
+import threading
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from services.processes.supervisor import ChildProcess, ProcessExited, StartFailed
 from services.triton.runtime_repository import RuntimeRepository, SyncReport
 
 __all__ = ["TritonError", "TritonServer", "TritonSettings"]
@@ -55,21 +55,10 @@ class TritonError(RuntimeError):
 def _pytriton_root() -> Path:
     spec = importlib.util.find_spec("pytriton")
     if spec is None or spec.origin is None:
-        raise TritonError("nvidia-pytriton is not installed: pip install 'switchyard[serve]'")
+        raise TritonError(
+            "nvidia-pytriton is not installed: pip install 'switchyard-serving[triton]'"
+        )
     return Path(spec.origin).parent / "tritonserver"
-
-
-def _stop_with_parent(command: list[str]) -> list[str]:
-    """`command` run so that it gets SIGTERM when the launcher dies (even by SIGKILL).
-
-    util-linux's setpriv sets the parent-death signal and execs the command. A Python
-    preexec_fn would do the same, but it runs Python in the forked child, which can crash or
-    deadlock when other threads of the launcher (gRPC clients, load generators) hold locks.
-    """
-    setpriv = shutil.which("setpriv")
-    if setpriv is None:
-        raise TritonError("setpriv (util-linux) is missing: apt-get install util-linux")
-    return [setpriv, "--pdeathsig", "TERM", "--", *command]
 
 
 def _pid_alive(pid: int) -> bool:
@@ -124,7 +113,7 @@ class TritonServer:
         # Unique per server: several may run in one process (tests), each cleans only its own.
         self._shm_prefix = f"switchyard{os.getpid()}_{secrets.token_hex(3)}_"
         self._log_path = self._workdir / "tritonserver.log"
-        self._process: subprocess.Popen[bytes] | None = None
+        self._process: ChildProcess | None = None
 
     @property
     def pid(self) -> int | None:
@@ -177,60 +166,62 @@ class TritonServer:
         ]
         if settings.cache_size > 0:
             command.append(f"--cache-config=local,size={settings.cache_size}")
-        with self._log_path.open("wb") as log:
-            self._process = subprocess.Popen(
-                _stop_with_parent(command),
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                env=env,
-                start_new_session=True,
+        try:
+            self._process = ChildProcess.start(
+                "tritonserver", command, self._log_path, env=env, stop_with_parent=True
             )
+        except StartFailed as exc:
+            raise TritonError(str(exc)) from None
         self._wait_ready()
         return report
 
-    def _wait_ready(self) -> None:
-        deadline = time.monotonic() + self.settings.ready_timeout
+    def _ready(self) -> bool:
         url = f"http://{self.settings.host}:{self.settings.http_port}/v2/health/ready"
-        while time.monotonic() < deadline:
-            if self._process is not None and self._process.poll() is not None:
-                log = self.log_text()
-                self.stop()
-                raise TritonError(f"tritonserver exited while starting:\n{_error_lines(log)}")
-            try:
-                with urllib.request.urlopen(url, timeout=1) as response:
-                    if response.status == 200:
-                        return
-            except (urllib.error.URLError, OSError):
-                pass
-            time.sleep(0.1)
-        log = self.log_text()
-        self.stop()
-        raise TritonError(
-            f"tritonserver was not ready within {self.settings.ready_timeout:.0f} s:\n"
-            f"{_error_lines(log)}"
-        )
+        try:
+            with urllib.request.urlopen(url, timeout=1) as response:
+                return bool(response.status == 200)
+        except (urllib.error.URLError, OSError):
+            return False
+
+    def _wait_ready(self) -> None:
+        assert self._process is not None
+        try:
+            self._process.wait_ready(self._ready, self.settings.ready_timeout)
+        except ProcessExited:
+            log = self.log_text()
+            self.stop()
+            raise TritonError(f"tritonserver exited while starting:\n{_error_lines(log)}") from None
+        except StartFailed:
+            log = self.log_text()
+            self.stop()
+            raise TritonError(
+                f"tritonserver was not ready within {self.settings.ready_timeout:.0f} s:\n"
+                f"{_error_lines(log)}"
+            ) from None
 
     def check_alive(self) -> None:
-        if self._process is not None and self._process.poll() is not None:
+        code = None if self._process is None else self._process.returncode
+        if code is not None:
             raise TritonError(
-                f"tritonserver exited with code {self._process.returncode}:\n"
-                f"{_error_lines(self.log_text())}"
+                f"tritonserver exited with code {code}:\n{_error_lines(self.log_text())}"
             )
+
+    def serve(self, stopping: threading.Event, say: Callable[[str], None]) -> None:
+        """Until `stopping` is set: check the server every poll period and mirror new or
+        removed model versions, saying what changed. TritonError if the server dies."""
+        while not stopping.wait(self.settings.poll_seconds):
+            self.check_alive()
+            report = self.runtime.sync()
+            for added in report.added:
+                say(f"new model version {added}")
+            for model, reason in report.rejected.items():
+                say(f"not serving {model}: {reason}")
 
     def stop(self) -> None:
         """SIGTERM the server's process group, SIGKILL what is left after `stop_timeout`."""
         process, self._process = self._process, None
-        if process is not None and process.poll() is None:
-            group = os.getpgid(process.pid)
-            os.killpg(group, signal.SIGTERM)
-            try:
-                process.wait(self.settings.stop_timeout)
-            except subprocess.TimeoutExpired:
-                os.killpg(group, signal.SIGKILL)
-                process.wait()
-            with contextlib.suppress(ProcessLookupError):
-                # Stubs that outlived the server belong to its group too.
-                os.killpg(group, signal.SIGKILL)
+        if process is not None:
+            process.stop(self.settings.stop_timeout)
         for segment in _SHM_DIR.glob(f"{self._shm_prefix}*"):
             segment.unlink(missing_ok=True)
         shutil.rmtree(self._workdir, ignore_errors=True)

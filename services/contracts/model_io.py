@@ -1,0 +1,75 @@
+"""A student's tensors: how texts become its int64 inputs, and its logits become scores.
+
+Everything that runs an exported student uses this one path: the router (through Triton),
+the pipeline's evaluation, prompt evaluation and the benchmarks (onnxruntime in-process).
+The graph's inputs are `input_ids`, `attention_mask` and, only when the graph declares it,
+`token_type_ids` (MPNet has none); its output is `logits`. The serving `tokenizer.json`
+carries the truncation length fixed at export time.
+"""
+
+import bisect
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+from tokenizers import Tokenizer
+
+__all__ = ["INPUT_NAMES", "OUTPUT_NAME", "Inputs", "TextEncoder", "softmax"]
+
+INPUT_NAMES = ("input_ids", "attention_mask", "token_type_ids")
+OUTPUT_NAME = "logits"
+Inputs = dict[str, npt.NDArray[np.int64]]
+
+
+class TextEncoder:
+    """Tokenises texts into the arrays a graph with `input_names` takes, padded on the right."""
+
+    def __init__(self, tokenizer: Tokenizer, input_names: Sequence[str]) -> None:
+        unknown = set(input_names) - set(INPUT_NAMES)
+        if unknown:
+            raise ValueError(f"unknown model inputs {sorted(unknown)}; known: {INPUT_NAMES}")
+        self.input_names = list(input_names)
+        self.pad_id = int((tokenizer.padding or {}).get("pad_id", 0))
+        truncation = tokenizer.truncation or {}
+        self.max_length: int | None = truncation.get("max_length")
+        # Padding happens here, to a length the caller picks; the tokenizer only truncates.
+        tokenizer.no_padding()
+        self._tokenizer = tokenizer
+
+    @classmethod
+    def from_file(cls, tokenizer_file: Path, input_names: Sequence[str]) -> "TextEncoder":
+        return cls(Tokenizer.from_file(str(tokenizer_file)), input_names)
+
+    def encode(self, texts: Sequence[str], buckets: Sequence[int] = ()) -> Inputs:
+        """Arrays of shape (len(texts), length). Without `buckets`, `length` is the longest
+        text's; with them, the smallest of the sorted `buckets` that holds it (so requests of
+        equal shape can be batched together), or the tokenizer's max length when none does."""
+        encodings = self._tokenizer.encode_batch(list(texts))
+        longest = max((len(encoding.ids) for encoding in encodings), default=0)
+        length = longest
+        if buckets:
+            index = bisect.bisect_left(buckets, longest)
+            length = buckets[index] if index < len(buckets) else self.max_length or longest
+        if self.max_length is not None:
+            length = min(max(length, longest), self.max_length)
+        shape = (len(texts), length)
+        arrays = {
+            "input_ids": np.full(shape, self.pad_id, dtype=np.int64),
+            "attention_mask": np.zeros(shape, dtype=np.int64),
+            "token_type_ids": np.zeros(shape, dtype=np.int64),
+        }
+        for row, encoding in enumerate(encodings):
+            size = len(encoding.ids)
+            arrays["input_ids"][row, :size] = encoding.ids
+            arrays["attention_mask"][row, :size] = 1
+            arrays["token_type_ids"][row, :size] = encoding.type_ids
+        return {name: arrays[name] for name in self.input_names}
+
+
+def softmax(logits: npt.ArrayLike) -> npt.NDArray[np.float64]:
+    """Row-wise probabilities of a (rows, classes) array of logits or log-likelihoods."""
+    values = np.asarray(logits, dtype=np.float64)
+    shifted = np.exp(values - values.max(axis=-1, keepdims=True))
+    probabilities: npt.NDArray[np.float64] = shifted / shifted.sum(axis=-1, keepdims=True)
+    return probabilities

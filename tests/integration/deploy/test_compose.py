@@ -1,0 +1,271 @@
+"""The Docker Compose deployment, checked without a Docker daemon.
+
+docker-compose.yml is validated against the compose-spec JSON schema (shipped by the dclint
+npm package in .tools/) with check-jsonschema, and a planted error must fail that same check,
+so a passing run means the validator really looked. The rest reads the file and the
+Dockerfiles: paths that must exist in the repository, health checks, non-root images, and a
+router image without torch.
+"""
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+REPO = Path(__file__).parents[3]
+COMPOSE_FILE = REPO / "docker-compose.yml"
+SCHEMA = REPO / ".tools/node_modules/dclint/schemas/compose.schema.json"
+CHECK_JSONSCHEMA = Path(sys.executable).parent / "check-jsonschema"
+# Services that run to completion (`docker compose --profile build run --rm build`): a health
+# check means nothing for them.
+RUN_ONCE_PROFILES = {"build", "batch"}
+NON_ROOT_UID = "10001"
+
+
+def load_compose() -> dict[str, Any]:
+    # PyYAML's safe loader expands the `<<: *anchor` merges, as Compose does.
+    data = yaml.safe_load(COMPOSE_FILE.read_text(encoding="utf-8"))
+    assert isinstance(data, dict), "docker-compose.yml must be a mapping"
+    return data
+
+
+COMPOSE = load_compose()
+SERVICES: dict[str, dict[str, Any]] = COMPOSE["services"]
+LONG_RUNNING = sorted(
+    name
+    for name, service in SERVICES.items()
+    if not RUN_ONCE_PROFILES.intersection(service.get("profiles", []))
+)
+BUILT = sorted(name for name, service in SERVICES.items() if "build" in service)
+# Every image built here runs Switchyard's Python code.
+PYTHON_SERVICES = BUILT
+DOCKERFILES = sorted({SERVICES[name]["build"]["dockerfile"] for name in BUILT})
+
+
+def validate(path: Path) -> subprocess.CompletedProcess[str]:
+    """check-jsonschema on `path` against the compose-spec schema."""
+    assert CHECK_JSONSCHEMA.exists(), f"{CHECK_JSONSCHEMA} missing: pip install check-jsonschema"
+    assert SCHEMA.exists(), f"{SCHEMA} missing: npm install --prefix .tools (dclint)"
+    return subprocess.run(
+        [str(CHECK_JSONSCHEMA), "--schemafile", str(SCHEMA), str(path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def volume_mounts(service: dict[str, Any]) -> list[tuple[str, str, str]]:
+    """(type, source, target) of each volume entry, short or long syntax."""
+    mounts = []
+    for entry in service.get("volumes", []):
+        if isinstance(entry, dict):
+            mounts.append((entry["type"], entry.get("source", ""), entry["target"]))
+            continue
+        source, target = entry.split(":")[:2]
+        kind = "bind" if source.startswith((".", "/", "~")) else "volume"
+        mounts.append((kind, source, target))
+    return mounts
+
+
+def repo_bind_sources() -> list[str]:
+    """Host paths inside the repository that some service bind-mounts."""
+    return sorted(
+        {
+            source
+            for service in SERVICES.values()
+            for kind, source, _ in volume_mounts(service)
+            if kind == "bind" and source.startswith(".")
+        }
+    )
+
+
+def final_stage(dockerfile: Path) -> str:
+    """The instructions after the last FROM: what the image actually runs as."""
+    text = dockerfile.read_text(encoding="utf-8")
+    return re.split(r"^FROM\s", text, flags=re.MULTILINE)[-1]
+
+
+def pip_install_lines(dockerfile: Path) -> list[str]:
+    """Each RUN that calls pip install, with its continuation lines joined."""
+    text = dockerfile.read_text(encoding="utf-8").replace("\\\n", " ")
+    return [line for line in text.splitlines() if "pip install" in line]
+
+
+def test_compose_file_matches_the_compose_spec_schema() -> None:
+    result = validate(COMPOSE_FILE)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def _ports_not_a_list(data: dict[str, Any]) -> None:
+    data["services"]["router"]["ports"] = "not-a-list"
+
+
+def _unknown_service_key(data: dict[str, Any]) -> None:
+    data["services"]["redis"]["healthcheck_typo"] = {"test": ["CMD", "true"]}
+
+
+def _unknown_top_level_key(data: dict[str, Any]) -> None:
+    data["service"] = {}
+
+
+def _bad_depends_on_condition(data: dict[str, Any]) -> None:
+    data["services"]["router"]["depends_on"]["redis"]["condition"] = "service_ready"
+
+
+@pytest.mark.parametrize(
+    "plant",
+    [_ports_not_a_list, _unknown_service_key, _unknown_top_level_key, _bad_depends_on_condition],
+)
+def test_schema_validation_rejects_a_planted_error(plant: Any, tmp_path: Path) -> None:
+    data = load_compose()
+    plant(data)
+    broken = tmp_path / "docker-compose.yml"
+    broken.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
+    result = validate(broken)
+    assert result.returncode == 1, (
+        f"check-jsonschema accepted a broken file ({plant.__name__}):\n{result.stdout}"
+    )
+    assert "Schema validation errors" in result.stdout, result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("name", BUILT)
+def test_build_context_and_dockerfile_exist(name: str) -> None:
+    build = SERVICES[name]["build"]
+    context = REPO / build["context"]
+    assert context.is_dir(), f"{name}: build context {context} is missing"
+    assert (context / build["dockerfile"]).is_file(), f"{name}: {build['dockerfile']} missing"
+
+
+@pytest.mark.parametrize("source", repo_bind_sources())
+def test_bind_mounted_repo_path_exists(source: str) -> None:
+    assert (REPO / source).exists(), f"bind-mounted path {source} is not in the repository"
+
+
+def test_named_volumes_are_declared() -> None:
+    declared = set(COMPOSE.get("volumes") or {})
+    used = {
+        source
+        for service in SERVICES.values()
+        for kind, source, _ in volume_mounts(service)
+        if kind == "volume" and source
+    }
+    assert used <= declared, f"undeclared volumes: {sorted(used - declared)}"
+
+
+@pytest.mark.parametrize("name", LONG_RUNNING)
+def test_long_running_service_has_a_healthcheck(name: str) -> None:
+    healthcheck = SERVICES[name].get("healthcheck")
+    assert healthcheck, f"{name} has no healthcheck"
+    assert not healthcheck.get("disable", False), f"{name} disables its healthcheck"
+    assert healthcheck["test"][0] in {"CMD", "CMD-SHELL"}, healthcheck["test"]
+
+
+def test_run_once_services_sit_in_their_profiles() -> None:
+    assert SERVICES["build"]["profiles"] == ["build"]
+    assert SERVICES["batch"]["profiles"] == ["batch"]
+    assert SERVICES["triton-gpu"]["profiles"] == ["gpu"]
+
+
+def test_healthy_dependencies_have_healthchecks() -> None:
+    for name, service in SERVICES.items():
+        for dependency, spec in (service.get("depends_on") or {}).items():
+            if spec.get("condition") == "service_healthy":
+                assert "healthcheck" in SERVICES[dependency], f"{name} waits on {dependency}"
+    router_waits = {k: v["condition"] for k, v in SERVICES["router"]["depends_on"].items()}
+    assert router_waits == {"redis": "service_healthy", "triton": "service_healthy"}
+    assert SERVICES["batch"]["depends_on"]["redis"]["condition"] == "service_healthy"
+
+
+def test_router_uses_the_router_image_and_check_command() -> None:
+    router = SERVICES["router"]
+    assert router["build"]["dockerfile"] == "router/Dockerfile"
+    assert router["healthcheck"]["test"] == [
+        "CMD", "switchyard", "router", "check", "--address", "127.0.0.1:50051",
+    ]  # fmt: skip
+    # The router only reads the model repository.
+    assert ("volume", "models", "/models") in volume_mounts(router)
+    assert any(str(entry).endswith(":ro") for entry in router["volumes"])
+
+
+def test_router_image_installs_no_torch() -> None:
+    installs = pip_install_lines(REPO / "router/Dockerfile")
+    assert installs, "router/Dockerfile installs nothing"
+    extras = {
+        extra.strip()
+        for line in installs
+        for group in re.findall(r"\.\[([^\]]*)\]", line)
+        for extra in group.split(",")
+    }
+    assert extras == {"serve"}, f"router/Dockerfile installs the extras {sorted(extras)}"
+    for line in installs:
+        assert not re.search(r"\btorch\b|assets\.txt", line), line
+
+
+def test_router_code_imports_without_the_training_stack() -> None:
+    # What the router image runs must not need the packages it leaves out.
+    script = (
+        "import importlib.abc, sys\n"
+        "class Block(importlib.abc.MetaPathFinder):\n"
+        "    def find_spec(self, name, path, target=None):\n"
+        "        if name.split('.')[0] in {'torch', 'transformers', 'peft', 'optimum'}:\n"
+        "            raise ImportError(name)\n"
+        "sys.meta_path.insert(0, Block())\n"
+        "import services.cli, router.server, router.settings\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+
+
+def test_batch_image_installs_the_training_stack_and_assets() -> None:
+    installs = " ".join(pip_install_lines(REPO / "services/Dockerfile"))
+    assert "'.[serve,train]'" in installs
+    assert "--no-deps -r .ci/assets.txt" in installs
+    assert "-c .ci/constraints.txt" in installs
+    assert SERVICES["batch"]["image"] == SERVICES["build"]["image"]
+
+
+@pytest.mark.parametrize("dockerfile", DOCKERFILES)
+def test_dockerfile_runs_as_non_root(dockerfile: str) -> None:
+    stage = final_stage(REPO / dockerfile)
+    users = re.findall(r"^USER\s+(\S+)", stage, flags=re.MULTILINE)
+    assert users, f"{dockerfile}: the final stage sets no USER"
+    user = users[-1].split(":")[0]
+    assert user == NON_ROOT_UID, f"{dockerfile}: runs as {users[-1]}"
+
+
+@pytest.mark.parametrize("dockerfile", DOCKERFILES)
+def test_dockerfile_pins_base_images_and_skips_pip_cache(dockerfile: str) -> None:
+    text = (REPO / dockerfile).read_text(encoding="utf-8")
+    for image in re.findall(r"^FROM\s+(\S+)", text, flags=re.MULTILINE):
+        assert re.fullmatch(r"python:3\.11\.\d+-slim-\w+", image), image
+    for line in pip_install_lines(REPO / dockerfile):
+        assert "--no-cache-dir" in line, line
+
+
+@pytest.mark.parametrize("name", PYTHON_SERVICES)
+def test_python_services_have_a_read_only_root(name: str) -> None:
+    service = SERVICES[name]
+    assert service.get("read_only") is True, name
+    assert "/tmp" in service.get("tmpfs", []), name
+
+
+def test_default_triton_is_cpu_and_gpu_is_opt_in() -> None:
+    assert "deploy" not in SERVICES["triton"] and "profiles" not in SERVICES["triton"]
+    devices = SERVICES["triton-gpu"]["deploy"]["resources"]["reservations"]["devices"]
+    assert devices == [{"driver": "nvidia", "count": 1, "capabilities": ["gpu"]}]
+
+
+def test_no_secrets_in_the_compose_file() -> None:
+    for name, service in SERVICES.items():
+        environment = service.get("environment") or {}
+        assert isinstance(environment, dict), f"{name}: use the mapping form for environment"
+        for key in environment:
+            assert not re.search(r"PASSWORD|SECRET|TOKEN|API_KEY", key), f"{name}: {key}"
+        for value in environment.values():
+            assert not re.search(r"redis://[^@/]*:[^@/]*@", str(value)), f"{name}: {value}"

@@ -1,0 +1,561 @@
+"""Kubernetes manifests: each kustomization renders, passes strict schema validation for
+Kubernetes 1.29, and keeps the rules a platform review checks (hardening, wiring between
+selectors, labels and ports, credentials only in Secrets).
+
+Needs `kubectl` on PATH and `kubernetes-validate` installed next to the interpreter.
+"""
+
+import base64
+import functools
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from router.settings import load_settings
+
+REPO = Path(__file__).resolve().parents[3]
+K8S = REPO / "k8s"
+KUBERNETES_VERSION = "1.29"
+VALIDATOR = Path(sys.executable).parent / "kubernetes-validate"
+
+OVERLAYS = ["dev", "prod"]
+JOB_OVERLAYS = ["dev/jobs", "prod/jobs"]
+NAMESPACES = {"dev": "switchyard-dev", "prod": "switchyard"}
+TASKS = ["topic", "sentiment"]
+# Kinds kubernetes-validate has no schema for; checked structurally instead.
+NO_SCHEMA = {("monitoring.coreos.com/v1", "ServiceMonitor")}
+WORKLOADS = {"Deployment", "StatefulSet", "DaemonSet", "Job", "CronJob"}
+CLUSTER_SCOPED = {"Namespace"}
+
+Doc = dict[str, Any]
+
+
+def kustomize(path: Path) -> list[Doc]:
+    result = subprocess.run(
+        ["kubectl", "kustomize", str(path)], capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    return [doc for doc in yaml.safe_load_all(result.stdout) if doc]
+
+
+@functools.cache
+def _rendered(overlay: str) -> tuple[Doc, ...]:
+    return tuple(kustomize(K8S / "overlays" / overlay))
+
+
+def render(overlay: str) -> list[Doc]:
+    """The overlay's documents; a deep copy, so that no test changes another's input."""
+    return yaml.safe_load(yaml.safe_dump(list(_rendered(overlay))))
+
+
+def validate(docs: list[Doc], folder: Path) -> subprocess.CompletedProcess[str]:
+    """kubernetes-validate --strict over every document that has a schema."""
+    path = folder / "rendered.yaml"
+    path.write_text(yaml.safe_dump_all(docs, sort_keys=False), encoding="utf-8")
+    return subprocess.run(
+        [str(VALIDATOR), "--strict", "-k", KUBERNETES_VERSION, str(path)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+
+
+def with_schema(docs: list[Doc]) -> list[Doc]:
+    return [doc for doc in docs if (doc["apiVersion"], doc["kind"]) not in NO_SCHEMA]
+
+
+def find(docs: list[Doc], kind: str, name: str) -> Doc:
+    matches = [d for d in docs if d["kind"] == kind and d["metadata"]["name"] == name]
+    assert len(matches) == 1, f"expected one {kind} {name}, found {len(matches)}"
+    return matches[0]
+
+
+def of_kind(docs: list[Doc], kind: str) -> list[Doc]:
+    return [doc for doc in docs if doc["kind"] == kind]
+
+
+def pod_template(doc: Doc) -> Doc:
+    if doc["kind"] == "CronJob":
+        return doc["spec"]["jobTemplate"]["spec"]["template"]
+    return doc["spec"]["template"]
+
+
+def pod_templates(docs: list[Doc]) -> Iterator[tuple[Doc, Doc]]:
+    """(workload, pod template) for every workload."""
+    for doc in docs:
+        if doc["kind"] in WORKLOADS:
+            yield doc, pod_template(doc)
+
+
+def containers(pod: Doc) -> list[Doc]:
+    spec = pod["spec"]
+    return [*spec.get("initContainers", []), *spec["containers"]]
+
+
+def selects(match_labels: dict[str, str], labels: dict[str, str]) -> bool:
+    return all(labels.get(key) == value for key, value in match_labels.items())
+
+
+def selector_labels(selector: Doc) -> dict[str, str]:
+    assert set(selector) <= {"matchLabels"}, f"only matchLabels is checked here: {selector}"
+    return dict(selector.get("matchLabels", {}))
+
+
+def container_ports(pod: Doc) -> dict[str | int, int]:
+    """Every way a port of the pod can be named: its name and its number."""
+    ports: dict[str | int, int] = {}
+    for container in containers(pod):
+        for port in container.get("ports", []):
+            ports[port["containerPort"]] = port["containerPort"]
+            if "name" in port:
+                ports[port["name"]] = port["containerPort"]
+    return ports
+
+
+def command_line(container: Doc) -> list[str]:
+    return [*container.get("command", []), *container.get("args", [])]
+
+
+def option(argv: list[str], name: str) -> str:
+    assert argv.count(name) == 1, f"{name} must appear once in {argv}"
+    return argv[argv.index(name) + 1]
+
+
+# --- schema validation -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS + JOB_OVERLAYS)
+def test_every_document_passes_strict_validation(overlay: str, tmp_path: Path) -> None:
+    docs = with_schema(render(overlay))
+    result = validate(docs, tmp_path)
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output
+    # A kind without a schema is only a warning: insist that each document was validated.
+    assert "Couldn't find schema" not in output, output
+    assert output.count("passed for resource") == len(docs), output
+
+
+@pytest.mark.parametrize(
+    ("description", "plant"),
+    [
+        ("a port number given as a string", "port_as_string"),
+        ("an unknown field under spec", "unknown_field"),
+    ],
+)
+def test_validation_catches_a_planted_error(description: str, plant: str, tmp_path: Path) -> None:
+    """The validator must fail a broken manifest, or passing it proves nothing."""
+    tree = tmp_path / "k8s"
+    shutil.copytree(K8S, tree)
+    path = tree / "base" / "router-deployment.yaml"
+    deployment = yaml.safe_load(path.read_text(encoding="utf-8"))
+    if plant == "port_as_string":
+        deployment["spec"]["template"]["spec"]["containers"][0]["ports"][0]["containerPort"] = (
+            "fifty"
+        )
+    else:
+        deployment["spec"]["replicaz"] = 3
+    path.write_text(yaml.safe_dump(deployment, sort_keys=False), encoding="utf-8")
+
+    docs = with_schema(kustomize(tree / "overlays" / "dev"))
+    result = validate(docs, tmp_path)
+    output = result.stdout + result.stderr
+    assert result.returncode != 0, f"{description} passed validation:\n{output}"
+    assert "switchyard-router" in output
+    assert ("fifty" if plant == "port_as_string" else "replicaz") in output
+
+
+# --- resources each overlay must hold ----------------------------------------------------
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_overlay_holds_the_serving_stack(overlay: str) -> None:
+    docs = render(overlay)
+    for component in ("router", "triton"):
+        name = f"switchyard-{component}"
+        find(docs, "Deployment", name)
+        find(docs, "Service", name)
+        find(docs, "PodDisruptionBudget", name)
+        find(docs, "ServiceMonitor", name)
+        hpa = find(docs, "HorizontalPodAutoscaler", name)
+        assert hpa["apiVersion"] == "autoscaling/v2"
+        assert hpa["spec"]["scaleTargetRef"] == {
+            "apiVersion": "apps/v1",
+            "kind": "Deployment",
+            "name": name,
+        }
+        assert {m["resource"]["name"] for m in hpa["spec"]["metrics"]} == {"cpu"}
+        # The autoscaler owns the count; a replicas field would reset it on every apply.
+        assert "replicas" not in find(docs, "Deployment", name)["spec"]
+    for task in TASKS:
+        cron = find(docs, "CronJob", f"switchyard-batch-{task}")
+        assert cron["spec"]["concurrencyPolicy"] == "Forbid"
+        _minute, _hour, day, month, weekday = cron["spec"]["schedule"].split()
+        assert (day, month) == ("*", "*") and weekday.isdigit(), "weekly"
+    find(docs, "NetworkPolicy", "default-deny-ingress")
+    find(docs, "PersistentVolumeClaim", "switchyard-models")
+
+    namespace = NAMESPACES[overlay]
+    assert [d["metadata"]["name"] for d in of_kind(docs, "Namespace")] == [namespace]
+    for doc in docs:
+        if doc["kind"] not in CLUSTER_SCOPED:
+            assert doc["metadata"].get("namespace") == namespace, doc["metadata"]["name"]
+
+
+def test_dev_runs_its_own_redis_with_a_generated_secret() -> None:
+    docs = render("dev")
+    redis = find(docs, "StatefulSet", "redis")
+    assert pod_template(redis)["spec"]["containers"][0]["image"] == "redis:7.2-alpine"
+    assert find(docs, "Service", "redis")["spec"]["ports"][0]["port"] == 6379
+    secret = find(docs, "Secret", "switchyard-redis")
+    data = {k: base64.b64decode(v).decode() for k, v in secret["data"].items()}
+    assert data["redis-url"] == f"redis://:{data['redis-password']}@redis:6379/0"
+    for name in ("switchyard-router", "switchyard-triton"):
+        assert find(docs, "HorizontalPodAutoscaler", name)["spec"]["minReplicas"] == 1
+
+
+def test_prod_uses_an_external_redis_and_generates_no_secret() -> None:
+    docs = render("prod")
+    assert of_kind(docs, "StatefulSet") == []
+    assert of_kind(docs, "Secret") == [], "the prod Secret is created out of band"
+    assert not any(d["metadata"]["name"] == "redis" for d in docs)
+    assert find(docs, "HorizontalPodAutoscaler", "switchyard-router")["spec"]["minReplicas"] == 3
+    assert find(docs, "HorizontalPodAutoscaler", "switchyard-triton")["spec"]["minReplicas"] == 2
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_workloads_read_the_redis_url_from_the_secret(overlay: str) -> None:
+    docs = render(overlay) + render(f"{overlay}/jobs")
+    users = 0
+    for workload, pod in pod_templates(docs):
+        for container in containers(pod):
+            for env in container.get("env", []):
+                if env["name"].endswith("REDIS_URL"):
+                    users += 1
+                    assert "value" not in env, f"{workload['metadata']['name']}: plain URL"
+                    ref = env["valueFrom"]["secretKeyRef"]
+                    assert (ref["name"], ref["key"]) == ("switchyard-redis", "redis-url")
+    # The router, two CronJobs and the sharded Job.
+    assert users == 4
+
+
+# --- hardening -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS + JOB_OVERLAYS)
+def test_every_container_is_non_root_read_only_and_bounded(overlay: str) -> None:
+    checked = 0
+    for workload, pod in pod_templates(render(overlay)):
+        pod_context = pod["spec"].get("securityContext", {})
+        for container in containers(pod):
+            where = f"{workload['kind']}/{workload['metadata']['name']}/{container['name']}"
+            context = {**pod_context, **container.get("securityContext", {})}
+            assert context.get("runAsNonRoot") is True, where
+            assert isinstance(context.get("runAsUser"), int) and context["runAsUser"] > 0, where
+            assert context.get("readOnlyRootFilesystem") is True, where
+            assert context.get("allowPrivilegeEscalation") is False, where
+            assert "ALL" in context.get("capabilities", {}).get("drop", []), where
+            assert context.get("seccompProfile", {}).get("type") == "RuntimeDefault", where
+            resources = container.get("resources", {})
+            for bound in ("requests", "limits"):
+                assert {"cpu", "memory"} <= set(resources.get(bound, {})), f"{where} {bound}"
+            checked += 1
+    assert checked >= 2
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_deployments_have_startup_readiness_and_liveness_probes(overlay: str) -> None:
+    docs = render(overlay)
+    for deployment in of_kind(docs, "Deployment"):
+        for container in pod_template(deployment)["spec"]["containers"]:
+            for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+                assert probe in container, f"{deployment['metadata']['name']}: {probe}"
+
+    router = pod_template(find(docs, "Deployment", "switchyard-router"))["spec"]
+    assert router["enableServiceLinks"] is False, "SWITCHYARD_ROUTER_* would leak in"
+    assert router["terminationGracePeriodSeconds"] >= 10
+    (container,) = router["containers"]
+    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+        assert container[probe]["grpc"]["port"] == 50051
+    assert container_ports({"spec": router})["metrics"] == 9464
+
+    triton = pod_template(find(docs, "Deployment", "switchyard-triton"))
+    (container,) = triton["spec"]["containers"]
+    ports = container_ports(triton)
+    paths = {"readinessProbe": "/v2/health/ready", "livenessProbe": "/v2/health/live"}
+    for probe, path in paths.items():
+        assert container[probe]["httpGet"]["path"] == path
+        assert ports[container[probe]["httpGet"]["port"]] == 8000
+    assert {ports["http"], ports["grpc"], ports["metrics"]} == {8000, 8001, 8002}
+    assert "--model-repository=/models/model_repository" in command_line(container)
+    assert "--strict-readiness=true" in command_line(container)
+
+
+# --- wiring: selectors, ports, names -------------------------------------------------------
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_services_pdbs_and_hpas_find_their_pods(overlay: str) -> None:
+    docs = render(overlay)
+    pods = [pod for _, pod in pod_templates(docs)]
+    for service in of_kind(docs, "Service"):
+        chosen = [p for p in pods if selects(service["spec"]["selector"], p["metadata"]["labels"])]
+        assert chosen, f"Service {service['metadata']['name']} selects no pod"
+        for port in service["spec"]["ports"]:
+            for pod in chosen:
+                assert port["targetPort"] in container_ports(pod), (service, port)
+    for pdb in of_kind(docs, "PodDisruptionBudget"):
+        match = selector_labels(pdb["spec"]["selector"])
+        assert any(selects(match, p["metadata"]["labels"]) for p in pods), pdb
+    for deployment in of_kind(docs, "Deployment"):
+        match = selector_labels(deployment["spec"]["selector"])
+        assert selects(match, pod_template(deployment)["metadata"]["labels"])
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_service_monitors_scrape_named_metrics_ports(overlay: str) -> None:
+    docs = render(overlay)
+    monitors = of_kind(docs, "ServiceMonitor")
+    assert {m["metadata"]["name"] for m in monitors} == {"switchyard-router", "switchyard-triton"}
+    for monitor in monitors:
+        assert monitor["apiVersion"] == "monitoring.coreos.com/v1"
+        match = selector_labels(monitor["spec"]["selector"])
+        services = [s for s in of_kind(docs, "Service") if selects(match, s["metadata"]["labels"])]
+        assert services, f"{monitor['metadata']['name']} selects no Service"
+        assert monitor["spec"]["endpoints"], monitor
+        for endpoint in monitor["spec"]["endpoints"]:
+            assert endpoint.get("path", "/metrics") == "/metrics"
+            for service in services:
+                names = {port.get("name") for port in service["spec"]["ports"]}
+                assert endpoint["port"] in names, (monitor["metadata"]["name"], endpoint)
+
+
+def policy_peers(rule: Doc) -> list[Doc]:
+    return list(rule.get("from", []))
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_network_policies_select_real_pods_and_ports(overlay: str) -> None:
+    docs = render(overlay)
+    pods = [pod for _, pod in pod_templates(docs + render(f"{overlay}/jobs"))]
+
+    def matching(selector: Doc) -> list[Doc]:
+        match = selector_labels(selector)
+        return [p for p in pods if selects(match, p["metadata"]["labels"])]
+
+    for policy in of_kind(docs, "NetworkPolicy"):
+        name = policy["metadata"]["name"]
+        targets = matching(policy["spec"]["podSelector"])
+        assert targets, f"{name} selects no pod"
+        for rule in policy["spec"].get("ingress", []):
+            for peer in policy_peers(rule):
+                if "podSelector" in peer and "namespaceSelector" not in peer:
+                    assert matching(peer["podSelector"]), f"{name}: peer {peer} matches no pod"
+            for port in rule.get("ports", []):
+                for target in targets:
+                    assert port["port"] in container_ports(target), f"{name}: {port}"
+
+    deny = find(docs, "NetworkPolicy", "default-deny-ingress")["spec"]
+    assert deny == {"podSelector": {}, "policyTypes": ["Ingress"]}
+
+
+def peers_by_port(policy: Doc) -> dict[int, list[Doc]]:
+    peers: dict[int, list[Doc]] = {}
+    for rule in policy["spec"]["ingress"]:
+        for port in rule["ports"]:
+            peers.setdefault(port["port"], []).extend(policy_peers(rule))
+    return peers
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_only_the_router_reaches_triton_and_redis(overlay: str) -> None:
+    docs = render(overlay)
+    router = {"podSelector": {"matchLabels": {
+        "app.kubernetes.io/name": "switchyard", "app.kubernetes.io/component": "router",
+    }}}  # fmt: skip
+    monitoring = {
+        "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}
+    }
+
+    triton = peers_by_port(find(docs, "NetworkPolicy", "switchyard-triton-ingress"))
+    assert triton == {8000: [router], 8001: [router], 8002: [monitoring]}
+    routers = peers_by_port(find(docs, "NetworkPolicy", "switchyard-router-ingress"))
+    assert routers == {50051: [{"namespaceSelector": {}}], 9464: [monitoring]}
+
+    redis_policies = [p for p in of_kind(docs, "NetworkPolicy") if "redis" in p["metadata"]["name"]]
+    if overlay == "prod":
+        assert redis_policies == [], "prod Redis is outside the cluster"
+        return
+    (redis,) = redis_policies
+    components = {
+        peer["podSelector"]["matchLabels"]["app.kubernetes.io/component"]
+        for peer in peers_by_port(redis)[6379]
+    }
+    assert components == {"router", "batch"}
+
+
+# --- credentials and settings ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_secret_values_never_appear_in_config_maps(overlay: str) -> None:
+    docs = render(overlay)
+    secrets = [
+        value
+        for secret in of_kind(docs, "Secret")
+        for value in [
+            *(base64.b64decode(v).decode() for v in secret.get("data", {}).values()),
+            *secret.get("stringData", {}).values(),
+        ]
+    ]
+    config = "\n".join(
+        str(value) for cm in of_kind(docs, "ConfigMap") for value in cm.get("data", {}).values()
+    )
+    assert of_kind(docs, "ConfigMap"), "the router's settings are a ConfigMap"
+    for value in secrets:
+        assert value not in config
+    # Whatever the Secret's source, no Redis URL (and so no password) sits in plain config.
+    assert "redis://" not in config and "rediss://" not in config
+    assert "redis_url" not in config
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_router_config_map_loads_as_router_settings(overlay: str, tmp_path: Path) -> None:
+    docs = render(overlay)
+    (config_map,) = [cm for cm in of_kind(docs, "ConfigMap") if "router.yaml" in cm.get("data", {})]
+    router = pod_template(find(docs, "Deployment", "switchyard-router"))
+    volumes = {v["name"]: v for v in router["spec"]["volumes"]}
+    assert volumes["config"]["configMap"]["name"] == config_map["metadata"]["name"]
+
+    path = tmp_path / "router.yaml"
+    path.write_text(config_map["data"]["router.yaml"], encoding="utf-8")
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("SWITCHYARD_ROUTER_")}
+    with pytest.MonkeyPatch.context() as patch:
+        for key in set(os.environ) - set(clean):
+            patch.delenv(key)
+        settings = load_settings(path)
+    assert settings.host == "0.0.0.0"
+    assert (settings.grpc_port, settings.metrics_port) == (50051, 9464)
+    assert str(settings.model_repository) == "/models/model_repository"
+    assert set(settings.tasks) == set(TASKS)
+    host, port = settings.triton_url.rsplit(":", 1)
+    triton = find(docs, "Service", host)
+    assert int(port) in {p["port"] for p in triton["spec"]["ports"] if p["name"] == "grpc"}
+
+
+# --- the batch jobs ------------------------------------------------------------------------
+
+
+def batch_argv(docs: list[Doc], kind: str, name: str) -> tuple[list[str], Doc]:
+    (container,) = pod_template(find(docs, kind, name))["spec"]["containers"]
+    return command_line(container), container
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_batch_runs_label_each_task_with_its_queries(overlay: str) -> None:
+    docs = render(overlay)
+    for task in TASKS:
+        argv, container = batch_argv(docs, "CronJob", f"switchyard-batch-{task}")
+        assert argv[:3] == ["switchyard", "batch", "run"]
+        assert option(argv, "--task") == task
+        assert option(argv, "--input") == f"/queries/{task}.jsonl"
+        assert option(argv, "--build") == "/models"
+        assert "--include-misses" in argv
+        env = {e["name"]: e.get("value") for e in container["env"]}
+        assert env["SWITCHYARD_BATCH_BUILD_DIR"] == "/models"
+        assert env["SWITCHYARD_BATCH_TTL_SECONDS"] == "691200"
+        mounts = {m["mountPath"]: m for m in container["volumeMounts"]}
+        assert mounts["/models"]["readOnly"] is True
+
+    query_maps = [cm for cm in of_kind(docs, "ConfigMap") if "topic.jsonl" in cm["data"]]
+    assert len(query_maps) == 1
+    assert set(query_maps[0]["data"]) == {f"{task}.jsonl" for task in TASKS}
+
+
+def test_batch_options_exist_in_the_cli() -> None:
+    """Every option the manifests pass is one `switchyard batch run` knows."""
+    result = subprocess.run(
+        [sys.executable, "-m", "services.cli", "batch", "run", "--help"],
+        capture_output=True,
+        text=True,
+        check=False,
+        cwd=REPO,
+        env={**os.environ, "COLUMNS": "200", "NO_COLOR": "1", "TERM": "dumb"},
+    )
+    assert result.returncode == 0, result.stderr
+    docs = render("prod") + render("prod/jobs")
+    for workload, pod in pod_templates(docs):
+        argv = command_line(containers(pod)[0])
+        if argv[:3] != ["switchyard", "batch", "run"]:
+            continue
+        for arg in argv[3:]:
+            if arg.startswith("--"):
+                assert arg in result.stdout, f"{workload['metadata']['name']}: {arg}"
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_sharded_job_passes_each_pod_its_index(overlay: str) -> None:
+    jobs = render(f"{overlay}/jobs")
+    job = find(jobs, "Job", "switchyard-batch-topic-sharded")
+    spec = job["spec"]
+    assert spec["completionMode"] == "Indexed"
+    assert spec["completions"] == spec["parallelism"] == 4
+
+    argv, container = batch_argv(jobs, "Job", "switchyard-batch-topic-sharded")
+    shard = option(argv, "--shard")
+    variable, count = shard.removeprefix("$(").split(")/")
+    assert count == "4"
+    env = {e["name"]: e for e in container["env"]}
+    assert env[variable]["valueFrom"]["fieldRef"]["fieldPath"] == (
+        "metadata.annotations['batch.kubernetes.io/job-completion-index']"
+    )
+    # Only the last shard flips the cache: every shard must run what the CronJob runs.
+    cron_argv, _ = batch_argv(render(overlay), "CronJob", "switchyard-batch-topic")
+    i = argv.index("--shard")
+    assert argv[:i] + argv[i + 2 :] == cron_argv
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_one_off_jobs_share_namespace_images_and_queries(overlay: str) -> None:
+    main, jobs = render(overlay), render(f"{overlay}/jobs")
+    images = {
+        c["image"]
+        for _, pod in pod_templates(main)
+        for c in containers(pod)
+        if "batch" in c["image"]
+    }
+    assert len(images) == 1
+    for workload, pod in pod_templates(jobs):
+        assert workload["metadata"]["namespace"] == NAMESPACES[overlay]
+        assert {c["image"] for c in containers(pod)} == images, workload["metadata"]["name"]
+    # Same content, same hash-suffixed name: applying both never creates a second copy.
+    main_queries = [cm for cm in of_kind(main, "ConfigMap") if "topic.jsonl" in cm["data"]]
+    assert of_kind(jobs, "ConfigMap") == main_queries
+    build = find(jobs, "Job", "switchyard-models-build")
+    (container,) = pod_template(build)["spec"]["containers"]
+    assert command_line(container) == [
+        "switchyard", "models", "build", "--profile", "full", "--out", "/models",
+    ]  # fmt: skip
+
+
+def test_prod_images_are_pinned() -> None:
+    for workload, pod in pod_templates(render("prod") + render("prod/jobs")):
+        for container in containers(pod):
+            image = container["image"]
+            name, _, tag = image.rpartition(":")
+            assert name and "/" in name, f"{workload['metadata']['name']}: {image} has no registry"
+            assert tag and tag != "latest" and "/" not in tag, f"{image} is not pinned"
+
+
+def test_queries_match_the_local_stack() -> None:
+    """kustomize cannot read above its root, so the sample queries are copied; keep them equal."""
+    local = Path(__file__).parents[3] / "services/stack/queries"
+    copies = Path(__file__).parents[3] / "k8s/base/queries"
+    for task in ("topic", "sentiment"):
+        assert (copies / f"{task}.jsonl").read_bytes() == (local / f"{task}.jsonl").read_bytes()

@@ -1,0 +1,163 @@
+"""`switchyard up`, `demo` and `down` on loopback with a real Prometheus scraping the stack."""
+
+import json
+import os
+import socket
+import time
+import urllib.parse
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from router.client import RequestError
+from services.processes.ports import free_port
+from services.stack.processes import StateFile
+from tests.integration.conftest import run_switchyard
+from tests.integration.router.helpers import client
+
+DASHBOARD = Path(__file__).parents[3] / "services/monitoring/grafana/dashboards/switchyard.json"
+PORT_OPTIONS = (
+    "router-port", "router-metrics-port", "triton-http-port", "triton-grpc-port",
+    "triton-metrics-port", "redis-port", "prometheus-port",
+)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Stack:
+    state_dir: Path
+    ports: dict[str, int]
+
+    @property
+    def router(self) -> str:
+        return f"127.0.0.1:{self.ports['router-port']}"
+
+    def options(self) -> list[str]:
+        options = ["--state-dir", str(self.state_dir)]
+        for name, port in self.ports.items():
+            options += [f"--{name}", str(port)]
+        return options
+
+
+def port_is_free(port: int) -> bool:
+    with socket.socket() as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
+@pytest.fixture(scope="module")
+def stack(tiny_build: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    stack = Stack(tmp_path_factory.mktemp("stack"), {name: free_port() for name in PORT_OPTIONS})
+    os.environ["SWITCHYARD_STACK_SCRAPE_INTERVAL_SECONDS"] = "1"
+    try:
+        run_switchyard("up", "--build", str(tiny_build), *stack.options())
+        yield stack
+    finally:
+        del os.environ["SWITCHYARD_STACK_SCRAPE_INTERVAL_SECONDS"]
+        run_switchyard("down", "--state-dir", str(stack.state_dir))
+
+
+def test_up_starts_every_service_and_refuses_a_second_up(stack: Stack, tiny_build: Path) -> None:
+    processes = StateFile(stack.state_dir).load()
+    assert [p.name for p in processes] == ["redis", "triton", "router", "prometheus"]
+    assert all(p.alive() for p in processes)
+    again = run_switchyard("up", "--build", str(tiny_build), *stack.options(), check=False)
+    assert again.returncode == 2
+    assert "a stack is already running" in again.stderr
+    assert [p.pid for p in StateFile(stack.state_dir).load()] == [p.pid for p in processes]
+
+
+def test_router_check_reports_health_for_container_probes(stack: Stack) -> None:
+    assert run_switchyard("router", "check", "--address", stack.router).stdout.strip() == "SERVING"
+    dead = f"127.0.0.1:{free_port()}"
+    result = run_switchyard("router", "check", "--address", dead, "--timeout", "1", check=False)
+    assert result.returncode == 2
+    assert f"router at {dead}: UNAVAILABLE" in result.stderr
+
+
+def test_demo_answers_from_both_routes(stack: Stack) -> None:
+    result = run_switchyard("demo", "--state-dir", str(stack.state_dir))
+    lines = result.stdout.splitlines()
+    rows = [line for line in lines if "│ topic" in line or "│ sentiment" in line]
+    assert len(rows) == 10
+    assert sum("│ cache │" in row for row in rows) == 6
+    assert sum("│ model │" in row for row in rows) == 4
+
+
+def _query(prometheus: int, expr: str) -> list[dict[str, object]]:
+    url = f"http://127.0.0.1:{prometheus}/api/v1/query?" + urllib.parse.urlencode({"query": expr})
+    with urllib.request.urlopen(url, timeout=5) as response:
+        reply = json.load(response)
+    assert reply["status"] == "success", reply
+    result: list[dict[str, object]] = reply["data"]["result"]
+    return result
+
+
+def test_every_dashboard_panel_has_data(stack: Stack) -> None:
+    router = client(stack.router)
+    queries = (Path(__file__).parents[3] / "services/stack/queries/topic.jsonl").read_text()
+    cached = [json.loads(line)["text"] for line in queries.splitlines()]
+    panels = json.loads(DASHBOARD.read_text())["panels"]
+    targets = [(p["title"], t["expr"].replace("$__rate_interval", "1m")) for p in panels
+               for t in p["targets"]]  # fmt: skip
+    empty = dict(targets)
+    deadline = time.monotonic() + 60
+    while empty and time.monotonic() < deadline:
+        for index, text in enumerate(cached):
+            router.predict("topic", text)
+            router.predict("topic", f"{text} and more news {index}", min_confidence=1.0)
+        with pytest.raises(RequestError):
+            router.predict("weather", "sunny")
+        time.sleep(1)
+        empty = {
+            title: expr
+            for title, expr in targets
+            if not _query(stack.ports["prometheus-port"], expr)
+        }
+    router.close()
+    assert empty == {}
+
+
+def test_down_stops_everything_and_frees_every_port(stack: Stack) -> None:
+    processes = StateFile(stack.state_dir).load()
+    result = run_switchyard("down", "--state-dir", str(stack.state_dir))
+    assert "switchyard is down" in result.stdout
+    assert not any(p.alive() for p in processes)
+    assert all(port_is_free(port) for port in stack.ports.values())
+    assert not (stack.state_dir / "stack.json").exists()
+    triton = next(p for p in processes if p.name == "triton")
+    prefix = f"switchyard{triton.pid}_"
+    assert not [path for path in Path("/dev/shm").iterdir() if path.name.startswith(prefix)]
+    again = run_switchyard("down", "--state-dir", str(stack.state_dir))
+    assert "nothing was running" in again.stdout
+
+
+def test_a_port_in_use_is_a_clear_error(tiny_build: Path, tmp_path: Path) -> None:
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        taken = holder.getsockname()[1]
+        ports = {name: free_port() for name in PORT_OPTIONS} | {"redis-port": taken}
+        options = [f"--{name}={port}" for name, port in ports.items()]
+        result = run_switchyard(
+            "up", "--build", str(tiny_build), "--state-dir", str(tmp_path), *options, check=False
+        )
+    assert result.returncode == 2
+    assert f"port {taken} (redis) on 127.0.0.1 is in use" in result.stderr
+    assert not (tmp_path / "stack.json").exists()
+    assert all(port_is_free(port) for name, port in ports.items() if name != "redis-port")
+
+
+def test_an_unreadable_state_file_is_a_clear_error(tmp_path: Path) -> None:
+    (tmp_path / "stack.json").write_text("{not json")
+    for command in (["down"], ["demo"]):
+        result = run_switchyard(*command, "--state-dir", str(tmp_path), check=False)
+        assert result.returncode == 2
+        assert "stack.json is unreadable" in result.stderr
+        assert "Traceback" not in result.stderr

@@ -1,0 +1,164 @@
+"""Stand-ins for the model side of the router, so its request path runs in-process: a student
+that answers without Triton, an in-process server speaking Triton's gRPC protocol (KServe v2),
+and a model repository with a real tokenizer but no model file.
+
+The real Triton and the real student are the integration tier's (tests/integration)."""
+
+import asyncio
+import json
+import zlib
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+import numpy as np
+from tokenizers import Tokenizer, models, pre_tokenizers
+from tritonclient.grpc import service_pb2, service_pb2_grpc
+
+from router.answers import ModelAnswer
+from router.errors import RouterError
+from services.contracts.model_repository import CARD_FILE, LABELS_FILE, TOKENIZER_FILE, ModelCard
+
+TOPIC_LABELS = ["business", "entertainment", "politics", "sports", "tech"]
+SENTIMENT_LABELS = ["negative", "neutral", "positive"]
+LABELS = {"topic": TOPIC_LABELS, "sentiment": SENTIMENT_LABELS}
+VOCABULARY = ["[PAD]", "[UNK]", "oil", "prices", "climb", "the", "film", "opens", "a", "match"]
+
+
+@dataclass(frozen=True)
+class FakeModel:
+    name: str
+    version: str
+    labels: list[str]
+
+
+def fake_label(labels: Sequence[str], text: str) -> str:
+    """The label the stand-ins give `text`: stable, and different across texts."""
+    return labels[zlib.crc32(text.encode()) % len(labels)]
+
+
+@dataclass
+class FakeStudent:
+    """The `router.routing.Student` protocol without Triton: each text gets `fake_label` with
+    probability `score`; `failures` are raised, one per call, before answering again."""
+
+    score: float = 0.9
+    version: str = "3"
+    failures: list[BaseException] = field(default_factory=list)
+    calls: list[tuple[str, list[str], float]] = field(default_factory=list)
+
+    def model(self, name: str) -> FakeModel:
+        return FakeModel(name, self.version, LABELS[name])
+
+    async def classify(
+        self, name: str, texts: Sequence[str], timeout_s: float
+    ) -> tuple[FakeModel, list[ModelAnswer]]:
+        self.calls.append((name, list(texts), timeout_s))
+        if self.failures:
+            raise self.failures.pop(0)
+        model = self.model(name)
+        rest = (1 - self.score) / (len(model.labels) - 1)
+        answers = []
+        for text in texts:
+            label = fake_label(model.labels, text)
+            scores = {other: self.score if other == label else rest for other in model.labels}
+            answers.append(ModelAnswer(label, self.score, scores))
+        return model, answers
+
+
+class Boom(RouterError):
+    """A domain error the status table does not name, to check the fallback."""
+
+
+def write_model_repository(root: Path, versions: Sequence[str] = ("1", "3")) -> Path:
+    """A repository with both tasks, each version holding a real tokenizer (word level, max
+    length 16, [PAD] = 0), its labels and a card; no model file: the router never reads it."""
+    tokenizer = Tokenizer(models.WordLevel({w: i for i, w in enumerate(VOCABULARY)}, "[UNK]"))
+    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
+    tokenizer.enable_truncation(max_length=16)
+    tokenizer.enable_padding(pad_id=0, pad_token="[PAD]")
+    for task, labels in LABELS.items():
+        (root / task).mkdir(parents=True)
+        (root / task / "config.pbtxt").write_text(f'name: "{task}"\n', encoding="utf-8")
+        for version in versions:
+            folder = root / task / version
+            folder.mkdir()
+            tokenizer.save(str(folder / TOKENIZER_FILE))
+            (folder / LABELS_FILE).write_text(json.dumps(labels), encoding="utf-8")
+            card = ModelCard(
+                task=task, version=version, inputs=["input_ids", "attention_mask"], max_length=16
+            )
+            (folder / CARD_FILE).write_text(card.model_dump_json(), encoding="utf-8")
+    return root
+
+
+def fake_logits(input_ids: np.ndarray, labels: int) -> np.ndarray:
+    """Logits that depend on the tokens: the token id sum picks the winning class."""
+    logits = np.zeros((input_ids.shape[0], labels), dtype=np.float32)
+    winners = input_ids.sum(axis=1) % labels
+    logits[np.arange(input_ids.shape[0]), winners] = 4.0
+    return logits
+
+
+class FakeTriton(service_pb2_grpc.GRPCInferenceServiceServicer):
+    """Triton's gRPC protocol for the calls the router makes: model metadata and readiness,
+    and inference returning `fake_logits`. `delay_s` stalls each inference; `fail_with`
+    makes it fail with that status code."""
+
+    def __init__(self, served_versions: Sequence[str]) -> None:
+        self.served_versions = list(served_versions)
+        self.delay_s = 0.0
+        self.fail_with: grpc.StatusCode | None = None
+        self.requests: list[service_pb2.ModelInferRequest] = []
+
+    async def ModelMetadata(  # noqa: N802 - the RPC's name
+        self, request: service_pb2.ModelMetadataRequest, context: grpc.aio.ServicerContext
+    ) -> service_pb2.ModelMetadataResponse:
+        if request.name not in LABELS:
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"unknown model {request.name}")
+        return service_pb2.ModelMetadataResponse(
+            name=request.name, versions=self.served_versions, platform="onnxruntime_onnx"
+        )
+
+    async def ModelReady(  # noqa: N802 - the RPC's name
+        self, request: service_pb2.ModelReadyRequest, context: grpc.aio.ServicerContext
+    ) -> service_pb2.ModelReadyResponse:
+        return service_pb2.ModelReadyResponse(ready=request.name in LABELS)
+
+    async def ModelInfer(  # noqa: N802 - the RPC's name
+        self, request: service_pb2.ModelInferRequest, context: grpc.aio.ServicerContext
+    ) -> service_pb2.ModelInferResponse:
+        self.requests.append(request)
+        if self.delay_s:
+            await asyncio.sleep(self.delay_s)
+        if self.fail_with is not None:
+            await context.abort(self.fail_with, "the fake Triton was told to fail")
+        position = [tensor.name for tensor in request.inputs].index("input_ids")
+        shape = list(request.inputs[position].shape)
+        ids = np.frombuffer(request.raw_input_contents[position], dtype=np.int64).reshape(shape)
+        logits = fake_logits(ids, len(LABELS[request.model_name]))
+        output = service_pb2.ModelInferResponse.InferOutputTensor(
+            name="logits", datatype="FP32", shape=list(logits.shape)
+        )
+        return service_pb2.ModelInferResponse(
+            model_name=request.model_name,
+            model_version=request.model_version,
+            outputs=[output],
+            raw_output_contents=[logits.tobytes()],
+        )
+
+
+@asynccontextmanager
+async def serving_triton(served_versions: Sequence[str]) -> AsyncIterator[tuple[FakeTriton, str]]:
+    """A FakeTriton on a free loopback port, and its address."""
+    triton = FakeTriton(served_versions)
+    server = grpc.aio.server()
+    service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(triton, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    try:
+        yield triton, f"127.0.0.1:{port}"
+    finally:
+        await server.stop(0)
