@@ -76,22 +76,10 @@ async def _watch_health(
         await asyncio.sleep(settings.health_poll_seconds)
 
 
-async def serve(settings: RouterSettings, ready: asyncio.Event | None = None) -> None:
-    """Run the router until SIGTERM or SIGINT."""
-    # First, so a bad certificate stops the start before anything else is set up.
-    credentials = server_credentials(settings)
-    registry = CollectorRegistry()
-    metrics = RouterMetrics(registry)
-    cache = prediction_cache(settings)
-    student = student_client(settings)
-    await student.load(sorted({task.model for task in settings.tasks.values()}))
-    await cache.start()
-    for task, task_settings in settings.tasks.items():
-        metrics.generation_age.labels(task).set_function(
-            functools.partial(cache.generation_age, task_settings.cache_namespace)
-        )
-    router = Router(settings, cache, student, metrics)
-
+def _grpc_server(
+    settings: RouterSettings, router: Router, metrics: RouterMetrics
+) -> grpc.aio.Server:
+    """The gRPC server: the Router service, health and reflection (health set by the caller)."""
     server = grpc.aio.server(
         options=[
             ("grpc.max_receive_message_length", settings.max_message_bytes),
@@ -101,38 +89,67 @@ async def serve(settings: RouterSettings, ready: asyncio.Event | None = None) ->
         maximum_concurrent_rpcs=settings.max_concurrent_rpcs,
     )
     add_router_to_server(RouterServicer(router, metrics), server)
-    health_servicer = health.aio.HealthServicer()
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
         [contract.SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME], server
     )
-    address = f"{settings.host}:{settings.grpc_port}"
-    try:
-        if credentials is None:
-            server.add_insecure_port(address)
-        else:
-            server.add_secure_port(address, credentials)
-    except RuntimeError:
-        raise OSError(f"cannot listen on {address}: the port is in use or not allowed") from None
-    metrics_server, metrics_thread = start_http_server(
-        settings.metrics_port, addr=settings.host, registry=registry
-    )
-    stopping = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stopping.set)
-    await server.start()
-    health_task = asyncio.create_task(
-        _watch_health(settings, cache, student, health_servicer, metrics)
-    )
-    _log.info("router listening on %s, metrics on :%d", address, settings.metrics_port)
-    if ready is not None:
-        ready.set()
-    try:
+    return server
+
+
+async def serve(settings: RouterSettings, ready: asyncio.Event | None = None) -> None:
+    """Run the router until SIGTERM or SIGINT. A start that fails half way (a port in use, a
+    model repository without the model) closes what it had opened before raising."""
+    # First, so a bad certificate stops the start before anything else is set up.
+    credentials = server_credentials(settings)
+    registry = CollectorRegistry()
+    metrics = RouterMetrics(registry)
+    async with contextlib.AsyncExitStack() as resources:
+        student = student_client(settings)
+        resources.push_async_callback(student.close)
+        await student.load(sorted({task.model for task in settings.tasks.values()}))
+        cache = prediction_cache(settings)
+        await cache.start()
+        resources.push_async_callback(cache.close)
+        for task, task_settings in settings.tasks.items():
+            metrics.generation_age.labels(task).set_function(
+                functools.partial(cache.generation_age, task_settings.cache_namespace)
+            )
+        router = Router(settings, cache, student, metrics)
+        resources.push_async_callback(router.drain)
+        server = _grpc_server(settings, router, metrics)
+        health_servicer = health.aio.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+        address = f"{settings.host}:{settings.grpc_port}"
+        try:
+            if credentials is None:
+                server.add_insecure_port(address)
+            else:
+                server.add_secure_port(address, credentials)
+        except RuntimeError:
+            raise OSError(
+                f"cannot listen on {address}: the port is in use or not allowed"
+            ) from None
+        metrics_server, metrics_thread = start_http_server(
+            settings.metrics_port, addr=settings.host, registry=registry
+        )
+        resources.callback(metrics_thread.join, timeout=2)
+        resources.callback(metrics_server.shutdown)
+        stopping = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, stopping.set)
+            resources.callback(loop.remove_signal_handler, signum)
+        await server.start()
+        resources.push_async_callback(server.stop, 0)
+        health_task = asyncio.create_task(
+            _watch_health(settings, cache, student, health_servicer, metrics)
+        )
+        resources.callback(health_task.cancel)
+        _log.info("router listening on %s, metrics on :%d", address, settings.metrics_port)
+        if ready is not None:
+            ready.set()
         await stopping.wait()
-    finally:
         # Health first, and keep serving while load balancers notice; then stop taking new
-        # requests and let in-flight ones finish.
+        # requests and let in-flight ones finish. The exit stack closes the rest.
         health_task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await health_task
@@ -140,8 +157,3 @@ async def serve(settings: RouterSettings, ready: asyncio.Event | None = None) ->
         _log.info("NOT_SERVING; closing the port in %.1f s", settings.shutdown_delay_seconds)
         await asyncio.sleep(settings.shutdown_delay_seconds)
         await server.stop(settings.shutdown_grace_seconds)
-        await router.drain()
-        await cache.close()
-        await student.close()
-        metrics_server.shutdown()
-        metrics_thread.join(timeout=2)

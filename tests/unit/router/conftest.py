@@ -23,6 +23,7 @@ from router.server import prediction_cache
 from router.servicer import RouterServicer, add_router_to_server
 from router.settings import RouterSettings
 from services.reliability.testbed import publish_generation
+from tests.unit.aio import run
 from tests.unit.router.fakes import LABELS, FakeStudent
 
 
@@ -114,18 +115,10 @@ def run_on_bed(
     body: Callable[[Bed], Awaitable[None]],
     student: FakeStudent | None = None,
 ) -> None:
-    """Run `body` against a fresh bed on an event loop of its own. A failure is raised after
-    the loop has shut down: pytest's outcomes are BaseExceptions, which a loop does not shut
-    down cleanly from."""
-    failures: list[BaseException] = []
+    """Run `body` against a fresh bed on an event loop of its own."""
 
     async def main() -> None:
         async with serving(settings, student) as bed:
-            try:
-                await body(bed)
-            except BaseException as exc:
-                failures.append(exc)
+            await body(bed)
 
-    asyncio.run(main())
-    if failures:
-        raise failures[0]
+    run(main)

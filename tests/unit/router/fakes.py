@@ -42,10 +42,12 @@ def fake_label(labels: Sequence[str], text: str) -> str:
 @dataclass
 class FakeStudent:
     """The `router.routing.Student` protocol without Triton: each text gets `fake_label` with
-    probability `score`; `failures` are raised, one per call, before answering again."""
+    probability `score`, after `delay_s`; `failures` are raised, one per call, before it
+    answers again."""
 
     score: float = 0.9
     version: str = "3"
+    delay_s: float = 0.0
     failures: list[BaseException] = field(default_factory=list)
     calls: list[tuple[str, list[str], float]] = field(default_factory=list)
 
@@ -56,6 +58,7 @@ class FakeStudent:
         self, name: str, texts: Sequence[str], timeout_s: float
     ) -> tuple[FakeModel, list[ModelAnswer]]:
         self.calls.append((name, list(texts), timeout_s))
+        await asyncio.sleep(self.delay_s)
         if self.failures:
             raise self.failures.pop(0)
         model = self.model(name)

@@ -1,0 +1,135 @@
+"""The model route's client of Triton, against an in-process server of Triton's gRPC protocol:
+which version it serves, how texts become tensors, and how Triton's failures become domain
+errors (a deadline by its status code, never by the words of a message)."""
+
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+
+from router.errors import DeadlineExceeded, DependencyUnavailable
+from router.model import StudentClient
+from services.contracts.model_io import TextEncoder, softmax
+from services.contracts.model_repository import ModelVersion
+from services.processes.ports import free_port
+from tests.unit.aio import run as run_async
+from tests.unit.router.fakes import (
+    SENTIMENT_LABELS,
+    FakeTriton,
+    fake_logits,
+    serving_triton,
+    write_model_repository,
+)
+
+Body = Callable[[FakeTriton, StudentClient], Awaitable[None]]
+
+
+def run(tmp_path: Path, body: Body, served: tuple[str, ...] = ("1", "3")) -> None:
+    repository = write_model_repository(tmp_path / "repository")
+
+    async def main() -> None:
+        async with serving_triton(served) as (triton, address):
+            student = StudentClient(address, repository, timeout_s=2.0, buckets=[4, 8, 16])
+            try:
+                await student.load(["topic", "sentiment"])
+                await body(triton, student)
+            finally:
+                await student.close()
+
+    run_async(main)
+
+
+def test_the_newest_version_triton_serves_is_used(tmp_path: Path) -> None:
+    async def body(triton: FakeTriton, student: StudentClient) -> None:
+        assert student.model("topic").version == "1"
+        assert student.model("sentiment").labels == SENTIMENT_LABELS
+
+    run(tmp_path, body, served=("1",))
+
+
+def test_answers_come_from_the_served_logits(tmp_path: Path) -> None:
+    texts = ["oil prices climb", "the film opens a match"]
+
+    async def body(triton: FakeTriton, student: StudentClient) -> None:
+        model, answers = await student.classify("sentiment", texts, timeout_s=5.0)
+        assert model.version == "3"
+        (request,) = triton.requests
+        assert (request.model_name, request.model_version) == ("sentiment", "3")
+        assert [tensor.name for tensor in request.inputs] == ["input_ids", "attention_mask"]
+        assert list(request.inputs[0].shape) == [2, 8]  # 5 tokens, padded to the 8 bucket
+        files = ModelVersion.of(tmp_path / "repository", "sentiment", "3")
+        ids = TextEncoder.from_file(files.tokenizer_file, ["input_ids"]).encode(texts, [4, 8])
+        expected = softmax(fake_logits(ids["input_ids"], 3))
+        for answer, row in zip(answers, expected, strict=True):
+            assert answer.label == SENTIMENT_LABELS[int(np.argmax(row))]
+            assert answer.score == pytest.approx(float(row.max()))
+            assert list(answer.scores.values()) == pytest.approx(list(row))
+        assert await student.is_ready(["topic", "sentiment"])
+        assert not await student.is_ready(["weather"])
+
+    run(tmp_path, body)
+
+
+def test_a_deadline_status_from_triton_is_deadline_exceeded(tmp_path: Path) -> None:
+    async def body(triton: FakeTriton, student: StudentClient) -> None:
+        triton.fail_with = grpc.StatusCode.DEADLINE_EXCEEDED
+        with pytest.raises(DeadlineExceeded, match="did not answer within"):
+            await student.classify("topic", ["oil"], timeout_s=5.0)
+
+    run(tmp_path, body)
+
+
+def test_a_slow_triton_is_cut_at_the_budget(tmp_path: Path) -> None:
+    async def body(triton: FakeTriton, student: StudentClient) -> None:
+        triton.delay_s = 1.0
+        with pytest.raises(DeadlineExceeded, match="within 50 ms"):
+            await student.classify("topic", ["oil"], timeout_s=0.05)
+        with pytest.raises(DeadlineExceeded, match="ran out before the model could be called"):
+            await student.classify("topic", ["oil"], timeout_s=0.0)
+
+    run(tmp_path, body)
+
+
+def test_other_failures_are_unavailable_whatever_the_message_says(tmp_path: Path) -> None:
+    async def body(triton: FakeTriton, student: StudentClient) -> None:
+        for code in (grpc.StatusCode.INTERNAL, grpc.StatusCode.UNAVAILABLE):
+            triton.fail_with = code
+            with pytest.raises(DependencyUnavailable, match="triton could not run the model"):
+                await student.classify("topic", ["oil"], timeout_s=5.0)
+
+    run(tmp_path, body)
+
+
+def test_without_triton_the_repository_decides_and_calls_are_unavailable(
+    tmp_path: Path,
+) -> None:
+    repository = write_model_repository(tmp_path / "repository", versions=("2", "10"))
+
+    async def main() -> None:
+        student = StudentClient(f"127.0.0.1:{free_port()}", repository, 1.0, [16])
+        try:
+            await student.load(["topic"])
+            assert student.model("topic").version == "10"  # numerically newest
+            assert not await student.is_ready(["topic"])
+            with pytest.raises(DependencyUnavailable):
+                await student.classify("topic", ["oil"], timeout_s=1.0)
+        finally:
+            await student.close()
+
+    run_async(main)
+
+
+def test_a_model_without_versions_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "empty" / "topic").mkdir(parents=True)
+
+    async def main() -> None:
+        student = StudentClient(f"127.0.0.1:{free_port()}", tmp_path / "empty", 1.0, [16])
+        try:
+            with pytest.raises(FileNotFoundError, match="no version of model 'topic'"):
+                await student.load(["topic"])
+        finally:
+            await student.close()
+
+    run_async(main)

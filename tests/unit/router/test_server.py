@@ -1,0 +1,185 @@
+"""`router.server.serve` in this process: wiring from settings, honest health, metrics on
+HTTP, the model route through Triton's protocol, TLS, and the graceful SIGTERM."""
+
+import asyncio
+import os
+import signal
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+import trustme
+
+from router.client import AsyncRouterClient, Policy, RequestError, Route, RouterClient, TlsConfig
+from router.server import serve
+from router.settings import RouterSettings
+from services.processes.ports import free_port
+from services.processes.redis_server import RedisServer
+from services.reliability.testbed import publish_generation
+from tests.unit.aio import run
+from tests.unit.router.fakes import TOPIC_LABELS, serving_triton, write_model_repository
+
+
+def router_settings(
+    tmp_path: Path, redis_url: str, triton_url: str, **overrides: Any
+) -> RouterSettings:
+    settings: dict[str, Any] = {
+        "model_repository": write_model_repository(tmp_path / "repository"),
+        "redis_url": redis_url,
+        "triton_url": triton_url,
+        "grpc_port": free_port(),
+        "metrics_port": free_port(),
+        "health_poll_seconds": 0.05,
+        "shutdown_delay_seconds": 0.3,
+        "tasks": {
+            "topic": {"model": "topic", "cache_namespace": f"serve-{free_port()}"},
+            "sentiment": {"model": "sentiment", "cache_namespace": f"serve-{free_port()}"},
+        },
+    }
+    return RouterSettings(**(settings | overrides))
+
+
+async def health(client: AsyncRouterClient, service: str) -> str:
+    try:
+        return await client.health(service)
+    except RequestError as exc:
+        return exc.code.name
+
+
+def test_serve_answers_both_routes_reports_health_and_stops_on_sigterm(
+    tmp_path: Path, redis_server: RedisServer
+) -> None:
+    async def main() -> None:
+        async with serving_triton(["1", "3"]) as (triton, triton_url):
+            settings = router_settings(tmp_path, redis_server.url, triton_url)
+            namespace = settings.tasks["topic"].cache_namespace
+            ready = asyncio.Event()
+            server = asyncio.create_task(serve(settings, ready))
+            await asyncio.wait_for(ready.wait(), 10)
+            address = f"127.0.0.1:{settings.grpc_port}"
+            async with AsyncRouterClient(address, retries=0) as client:
+                for service in ("", "switchyard.v1.Router", "redis", "triton"):
+                    deadline = asyncio.get_running_loop().time() + 5
+                    while await health(client, service) != "SERVING":
+                        assert asyncio.get_running_loop().time() < deadline, service
+                        await asyncio.sleep(0.05)
+                generation = publish_generation(
+                    redis_server.client(), namespace, TOPIC_LABELS, {"oil prices climb": "business"}
+                )
+                tasks = {info.task: info for info in await client.list_tasks()}
+                assert tasks["topic"].model_version == "3"
+                deadline = asyncio.get_running_loop().time() + 5
+                while (await client.predict("topic", "oil prices climb")).route != Route.CACHE:
+                    assert asyncio.get_running_loop().time() < deadline
+                    await asyncio.sleep(0.05)
+                cached = await client.predict("topic", "OIL prices  climb")
+                assert (cached.label, cached.cache_generation) == ("business", generation)
+                fresh = await client.predict("topic", "the film opens", policy=Policy.MODEL_ONLY)
+                assert (fresh.route, fresh.model_version) == (Route.MODEL, "3")
+                assert triton.requests[-1].model_version == "3"
+
+                url = f"http://127.0.0.1:{settings.metrics_port}/metrics"
+                metrics = await asyncio.to_thread(lambda: urllib.request.urlopen(url).read())
+                assert b'switchyard_dependency_up{dependency="triton"} 1.0' in metrics
+                assert b"switchyard_cache_generation_age_seconds" in metrics
+
+                os.kill(os.getpid(), signal.SIGTERM)
+                deadline = asyncio.get_running_loop().time() + 2
+                while await health(client, "") != "NOT_SERVING":
+                    assert asyncio.get_running_loop().time() < deadline
+                    await asyncio.sleep(0.02)
+                # Still answering while load balancers notice, until the delay is over.
+                answer = await client.predict("topic", "oil prices climb")
+                assert answer.route == Route.CACHE
+            await asyncio.wait_for(server, 10)
+            with (
+                RouterClient(address, retries=0, timeout_s=1.0) as client,
+                pytest.raises(RequestError) as error,
+            ):
+                client.health()
+            assert error.value.code == grpc.StatusCode.UNAVAILABLE
+
+    run(main)
+
+
+def test_health_follows_each_dependency(tmp_path: Path) -> None:
+    """No Triton, and a Redis that goes away: overall health stays up while one route can
+    answer, and says NOT_SERVING when neither can."""
+    private = RedisServer(tmp_path)
+    private.start()
+
+    async def main() -> None:
+        settings = router_settings(tmp_path, private.url, f"127.0.0.1:{free_port()}")
+        ready = asyncio.Event()
+        server = asyncio.create_task(serve(settings, ready))
+        await asyncio.wait_for(ready.wait(), 10)
+        address = f"127.0.0.1:{settings.grpc_port}"
+        async with AsyncRouterClient(address, retries=0) as client:
+            await asyncio.sleep(0.2)
+            assert (await health(client, "triton"), await health(client, "")) == (
+                "NOT_SERVING",
+                "SERVING",
+            )
+            with pytest.raises(RequestError) as error:
+                await client.predict("topic", "nobody cached this")
+            assert error.value.code == grpc.StatusCode.UNAVAILABLE
+            assert "triton" in error.value.details
+            private.stop()
+            deadline = asyncio.get_running_loop().time() + 5
+            while await health(client, "") != "NOT_SERVING":
+                assert asyncio.get_running_loop().time() < deadline
+                await asyncio.sleep(0.05)
+            assert await health(client, "redis") == "NOT_SERVING"
+        os.kill(os.getpid(), signal.SIGTERM)
+        await asyncio.wait_for(server, 10)
+
+    try:
+        run(main)
+    finally:
+        private.stop()
+
+
+def test_tls_on_the_port(tmp_path: Path, redis_server: RedisServer) -> None:
+    ca = trustme.CA()
+    leaf = ca.issue_cert("localhost", "127.0.0.1")
+    ca_file, cert_file, key_file = tmp_path / "ca.pem", tmp_path / "cert.pem", tmp_path / "key.pem"
+    ca.cert_pem.write_to_path(str(ca_file))
+    cert_file.write_bytes(b"".join(pem.bytes() for pem in leaf.cert_chain_pems))
+    leaf.private_key_pem.write_to_path(str(key_file))
+
+    async def main() -> None:
+        settings = router_settings(
+            tmp_path, redis_server.url, f"127.0.0.1:{free_port()}",
+            tls_cert_file=cert_file, tls_key_file=key_file,
+        )  # fmt: skip
+        ready = asyncio.Event()
+        server = asyncio.create_task(serve(settings, ready))
+        await asyncio.wait_for(ready.wait(), 10)
+        address = f"127.0.0.1:{settings.grpc_port}"
+        async with AsyncRouterClient(address, tls=TlsConfig(ca_file=ca_file), retries=0) as client:
+            assert [info.task for info in await client.list_tasks()] == ["sentiment", "topic"]
+        async with AsyncRouterClient(address, retries=0) as plaintext:
+            with pytest.raises(RequestError) as error:
+                await plaintext.list_tasks()
+            assert error.value.code == grpc.StatusCode.UNAVAILABLE
+        os.kill(os.getpid(), signal.SIGTERM)
+        await asyncio.wait_for(server, 10)
+
+    run(main)
+
+
+def test_a_port_in_use_is_a_clear_error(tmp_path: Path, redis_server: RedisServer) -> None:
+    async def main() -> None:
+        settings = router_settings(tmp_path, redis_server.url, f"127.0.0.1:{free_port()}")
+        first = asyncio.Event()
+        server = asyncio.create_task(serve(settings, first))
+        await asyncio.wait_for(first.wait(), 10)
+        second = settings.model_copy(update={"metrics_port": free_port()})
+        with pytest.raises(OSError, match=f"cannot listen on 127.0.0.1:{settings.grpc_port}"):
+            await serve(second)
+        os.kill(os.getpid(), signal.SIGTERM)
+        await asyncio.wait_for(server, 10)
+
+    run(main)

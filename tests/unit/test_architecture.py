@@ -1,0 +1,181 @@
+"""The layers of the house, checked on the source.
+
+    contracts, processes  <-  router, triton, batch, pipeline, prompts  <-  stack, reliability,
+    bench  <-  cli
+
+Arrows only point down (or sideways within a layer), no package or module takes part in an
+import cycle, nothing imports a private module or name of another package, and the generated
+gRPC code is reached only through `router.contract`. Every import counts: at the top, inside
+functions, and under TYPE_CHECKING.
+"""
+
+import ast
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+SOURCES = ("router", "services", "bench")
+LAYERS = {
+    "services.contracts": 0,
+    "services.processes": 0,
+    "router": 1,
+    "services.triton": 1,
+    "services.batch": 1,
+    "services.pipeline": 1,
+    "services.prompts": 1,
+    "services.stack": 2,
+    "services.reliability": 2,
+    "bench": 2,
+    "services.cli": 3,
+}
+GENERATED = "router._generated"
+GENERATED_GATE = "router.contract"
+
+
+def read_sources(root: Path, folders: tuple[str, ...] = SOURCES) -> dict[str, str]:
+    """Every module of `folders` under `root` by dotted name, with its source."""
+    sources = {}
+    for folder in folders:
+        for path in sorted((root / folder).rglob("*.py")):
+            parts = path.relative_to(root).with_suffix("").parts
+            name = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+            sources[name] = path.read_text(encoding="utf-8")
+    return sources
+
+
+def package_of(module: str) -> str | None:
+    """The layered package a module belongs to (the longest matching prefix)."""
+    matches = [p for p in LAYERS if module == p or module.startswith(p + ".")]
+    return max(matches, key=len) if matches else None
+
+
+def imports(module: str, source: str, known: set[str]) -> Iterator[tuple[str, str | None]]:
+    """(imported module, imported name or None) for every import of ours in `source`."""
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                if alias.name.split(".")[0] in {"router", "services", "bench"}:
+                    yield alias.name, None
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            base = node.module
+            if node.level:
+                base = ".".join([*module.split(".")[: -node.level], node.module])
+            if base.split(".")[0] not in {"router", "services", "bench"}:
+                continue
+            for alias in node.names:
+                submodule = f"{base}.{alias.name}"
+                yield (submodule, None) if submodule in known else (base, alias.name)
+
+
+def is_private(dotted: str) -> bool:
+    return any(part.startswith("_") and not part.startswith("__") for part in dotted.split("."))
+
+
+def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The strongly connected components with more than one member (Tarjan)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    found: list[list[str]] = []
+
+    def visit(node: str) -> None:
+        index[node] = low[node] = len(index)
+        stack.append(node)
+        for target in sorted(graph.get(node, ())):
+            if target not in index:
+                visit(target)
+                low[node] = min(low[node], low[target])
+            elif target in stack:
+                low[node] = min(low[node], index[target])
+        if low[node] == index[node]:
+            component = []
+            while True:
+                member = stack.pop()
+                component.append(member)
+                if member == node:
+                    break
+            if len(component) > 1:
+                found.append(sorted(component))
+
+    for node in sorted(graph):
+        if node not in index:
+            visit(node)
+    return found
+
+
+def violations(sources: dict[str, str]) -> list[str]:
+    known = set(sources)
+    problems = []
+    modules: dict[str, set[str]] = {name: set() for name in sources}
+    packages: dict[str, set[str]] = {}
+    for module, source in sources.items():
+        mine = package_of(module)
+        for target, name in imports(module, source, known):
+            theirs = package_of(target)
+            if target in known and target != module:
+                modules[module].add(target)
+            if target.startswith(GENERATED) and not (
+                module == GENERATED_GATE or module.startswith(GENERATED)
+            ):
+                problems.append(f"{module} imports the generated {target}; use router.contract")
+            if mine is None or theirs is None or mine == theirs:
+                continue
+            packages.setdefault(mine, set()).add(theirs)
+            if LAYERS[theirs] > LAYERS[mine]:
+                problems.append(f"{module} (layer {LAYERS[mine]}) imports {target} (layer "
+                                f"{LAYERS[theirs]}): arrows point down only")  # fmt: skip
+            if is_private(target) or (name is not None and is_private(name)):
+                shown = target if name is None else f"{target}.{name}"
+                problems.append(f"{module} imports the private {shown} of {theirs}")
+    problems += [f"package cycle: {' <-> '.join(c)}" for c in cycles(packages)]
+    problems += [f"module cycle: {' <-> '.join(c)}" for c in cycles(modules)]
+    return problems
+
+
+def test_the_tree_keeps_its_layers() -> None:
+    sources = read_sources(ROOT)
+    assert {package_of(module) for module in sources} >= set(LAYERS)
+    assert violations(sources) == []
+
+
+def test_tests_use_only_public_names() -> None:
+    """Tests are on top of everything, but they too speak the public interfaces."""
+    sources = read_sources(ROOT, ("tests",)) | read_sources(ROOT)
+    known = set(sources)
+    private = [
+        f"{module} imports {target if name is None else f'{target}.{name}'}"
+        for module, source in sources.items()
+        if module.startswith("tests.")
+        for target, name in imports(module, source, known)
+        if is_private(target) or (name is not None and is_private(name))
+    ]
+    assert private == []
+
+
+@pytest.mark.parametrize(
+    ("module", "planted", "expected"),
+    [
+        ("services.contracts.text", "from router.routing import Router",
+         "services.contracts.text (layer 0) imports router.routing (layer 1)"),
+        ("services.contracts.text", "from router.routing import Router", "module cycle:"),
+        ("router.model", "from services.stack.demo import run_demo", "package cycle:"),
+        ("services.prompts.llm", "from services.batch.labels import Labelled",
+         "package cycle: services.batch <-> services.prompts"),
+        ("bench.stack_bench", "from router.model import _CHANNEL_ARGS",
+         "bench.stack_bench imports the private router.model._CHANNEL_ARGS of router"),
+        ("services.stack.demo", "from router._generated.switchyard.v1 import router_pb2",
+         "services.stack.demo imports the generated router._generated.switchyard.v1"),
+        ("services.cli.models", "import services.processes.supervisor as s\nfrom services.cli "
+         "import _output", "no violation expected"),
+    ],
+)  # fmt: skip
+def test_a_planted_violation_is_found(module: str, planted: str, expected: str) -> None:
+    sources = read_sources(ROOT)
+    sources[module] += "\n" + planted + "\n"
+    if expected == "no violation expected":
+        assert violations(sources) == []
+        return
+    found = violations(sources)
+    assert any(problem.startswith(expected) or expected in problem for problem in found), found
