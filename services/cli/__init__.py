@@ -8,15 +8,17 @@ from services.cli import batch, bench, models, prompts, reliability, router, sta
 
 __all__ = ["app"]
 
+_PARTS, _STACK, _CHECKS = "Parts", "The whole stack on one machine", "Measure and break"
+
 app = typer.Typer(help="Switchyard: serve a distilled model on Triton behind a teacher cache.")
-app.add_typer(models.app, name="models")
-app.add_typer(triton.app, name="triton")
-app.add_typer(batch.app, name="batch")
-app.add_typer(router.app, name="router")
-app.add_typer(prompts.app, name="prompts")
-app.command("up")(stack.up)
-app.command("down")(stack.down)
-app.command("demo")(stack.demo)
-app.command("bench")(bench.bench)
-app.command("reliability")(reliability.reliability)
-app.command("predict")(router.predict)
+app.add_typer(models.app, name="models", rich_help_panel=_PARTS)
+app.add_typer(triton.app, name="triton", rich_help_panel=_PARTS)
+app.add_typer(router.app, name="router", rich_help_panel=_PARTS)
+app.add_typer(batch.app, name="batch", rich_help_panel=_PARTS)
+app.add_typer(prompts.app, name="prompts", rich_help_panel=_PARTS)
+app.command("predict", rich_help_panel=_PARTS)(router.predict)
+app.command("up", rich_help_panel=_STACK)(stack.up)
+app.command("demo", rich_help_panel=_STACK)(stack.demo)
+app.command("down", rich_help_panel=_STACK)(stack.down)
+app.command("bench", rich_help_panel=_CHECKS)(bench.bench)
+app.command("reliability", rich_help_panel=_CHECKS)(reliability.reliability)

@@ -2,7 +2,7 @@
 the setting but never its value, and the client-side TLS options."""
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
@@ -12,7 +12,18 @@ if TYPE_CHECKING:
 
     from router.client import TlsConfig
 
-__all__ = ["fail", "percent", "say", "settings_error", "tls_config", "tls_option"]
+__all__ = [
+    "ClientTlsCaFile",
+    "ClientTlsCertFile",
+    "ClientTlsKeyFile",
+    "ClientTlsServerName",
+    "fail",
+    "percent",
+    "say",
+    "settings_error",
+    "tls_config",
+    "tls_option",
+]
 
 _TLS_HELP = {
     "ca": "Connect with TLS, trusting this CA (the system's CAs when only other TLS options "
@@ -62,3 +73,12 @@ def tls_config(
     from router.client import TlsConfig
 
     return TlsConfig(ca_file, cert_file, key_file, server_name)
+
+
+# The TLS options of the commands that call the router as an app does (predict, demo).
+ClientTlsCaFile = Annotated[Path | None, tls_option("ca", "SWITCHYARD_CLIENT_TLS_CA_FILE")]
+ClientTlsCertFile = Annotated[Path | None, tls_option("cert", "SWITCHYARD_CLIENT_TLS_CERT_FILE")]
+ClientTlsKeyFile = Annotated[Path | None, tls_option("key", "SWITCHYARD_CLIENT_TLS_KEY_FILE")]
+ClientTlsServerName = Annotated[
+    str | None, tls_option("server-name", "SWITCHYARD_CLIENT_TLS_SERVER_NAME")
+]

@@ -7,7 +7,16 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from services.cli._output import fail, settings_error, tls_config, tls_option
+from services.cli._output import (
+    ClientTlsCaFile,
+    ClientTlsCertFile,
+    ClientTlsKeyFile,
+    ClientTlsServerName,
+    fail,
+    settings_error,
+    tls_config,
+    tls_option,
+)
 
 __all__ = ["app", "predict"]
 
@@ -81,16 +90,10 @@ def predict(
     policy: Annotated[str, typer.Option(help="auto, cache_only or model_only.")] = "auto",
     address: Annotated[str, typer.Option(help="Router address.")] = "127.0.0.1:50051",
     timeout: Annotated[float, typer.Option(help="Deadline in seconds.")] = 5.0,
-    tls_ca_file: Annotated[Path | None, tls_option("ca", "SWITCHYARD_CLIENT_TLS_CA_FILE")] = None,
-    tls_cert_file: Annotated[
-        Path | None, tls_option("cert", "SWITCHYARD_CLIENT_TLS_CERT_FILE")
-    ] = None,
-    tls_key_file: Annotated[
-        Path | None, tls_option("key", "SWITCHYARD_CLIENT_TLS_KEY_FILE")
-    ] = None,
-    tls_server_name: Annotated[
-        str | None, tls_option("server-name", "SWITCHYARD_CLIENT_TLS_SERVER_NAME")
-    ] = None,
+    tls_ca_file: ClientTlsCaFile = None,
+    tls_cert_file: ClientTlsCertFile = None,
+    tls_key_file: ClientTlsKeyFile = None,
+    tls_server_name: ClientTlsServerName = None,
 ) -> None:
     """Ask the router to classify TEXTS; prints each answer with its route and latency."""
     from router.client import Policy, RequestError, RouterClient

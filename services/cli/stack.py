@@ -7,7 +7,16 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from services.cli._output import fail, say, settings_error, tls_config, tls_option
+from services.cli._output import (
+    ClientTlsCaFile,
+    ClientTlsCertFile,
+    ClientTlsKeyFile,
+    ClientTlsServerName,
+    fail,
+    say,
+    settings_error,
+    tls_config,
+)
 
 if TYPE_CHECKING:
     from services.stack.stack import StackSettings
@@ -100,16 +109,10 @@ def demo(
         Path | None, typer.Option(help="State folder of `up` [.switchyard].")
     ] = None,
     timeout: Annotated[float, typer.Option(help="Deadline per request in seconds.")] = 5.0,
-    tls_ca_file: Annotated[Path | None, tls_option("ca", "SWITCHYARD_CLIENT_TLS_CA_FILE")] = None,
-    tls_cert_file: Annotated[
-        Path | None, tls_option("cert", "SWITCHYARD_CLIENT_TLS_CERT_FILE")
-    ] = None,
-    tls_key_file: Annotated[
-        Path | None, tls_option("key", "SWITCHYARD_CLIENT_TLS_KEY_FILE")
-    ] = None,
-    tls_server_name: Annotated[
-        str | None, tls_option("server-name", "SWITCHYARD_CLIENT_TLS_SERVER_NAME")
-    ] = None,
+    tls_ca_file: ClientTlsCaFile = None,
+    tls_cert_file: ClientTlsCertFile = None,
+    tls_key_file: ClientTlsKeyFile = None,
+    tls_server_name: ClientTlsServerName = None,
 ) -> None:
     """Send a few requests of each route to the router and print answers, routes and latencies."""
     from router.client import RequestError

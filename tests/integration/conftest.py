@@ -2,9 +2,11 @@
 session's Redis is tests/conftest.py's)."""
 
 import os
+import site
 import subprocess
 import sys
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +17,7 @@ from services.processes.redis_server import RedisServer
 from services.reliability.testbed import RouterProcess
 from services.triton.server import TritonServer, TritonSettings
 
+ROOT = Path(__file__).resolve().parents[2]
 SWITCHYARD = [sys.executable, "-m", "services.cli"]
 TINY_BUILD_OPTIONS = [
     "--profile", "quick", "--max-train", "80", "--max-eval", "48",
@@ -31,6 +34,54 @@ def run_switchyard(*args: str, check: bool = True) -> subprocess.CompletedProces
     if check and result.returncode != 0:
         raise AssertionError(f"switchyard {' '.join(args)} failed:\n{result.stderr[-4000:]}")
     return result
+
+
+@dataclass(frozen=True)
+class Installed:
+    """`switchyard` installed from its wheel into a virtual environment of its own, run from
+    an empty folder outside the checkout."""
+
+    venv: Path
+    workdir: Path
+
+    @property
+    def python(self) -> Path:
+        return self.venv / "bin" / "python"
+
+    def run(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+        env.pop("PYTHONPATH", None)
+        result = subprocess.run(
+            [str(self.venv / "bin" / "switchyard"), *args],
+            capture_output=True, text=True, env=env, cwd=self.workdir, timeout=900,
+        )  # fmt: skip
+        if check and result.returncode != 0:
+            raise AssertionError(f"switchyard {' '.join(args)} failed:\n{result.stderr[-4000:]}")
+        return result
+
+
+@pytest.fixture(scope="session")
+def installed(tmp_path_factory: pytest.TempPathFactory) -> Installed:
+    """The wheel built from this checkout, installed (not editable) into a new venv.
+
+    Only the project comes from the wheel: the venv finds the pinned third-party packages
+    through a .pth line naming this environment's site-packages (installing torch and the
+    rest again would take minutes). That directory's own .pth files, among them the editable
+    install's finder, are not run from there, so nothing of the checkout is importable."""
+    scratch = tmp_path_factory.mktemp("installed")
+    pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "--quiet"]
+    subprocess.run([*pip, "wheel", "--no-deps", "-w", str(scratch / "dist"), str(ROOT)],
+                   check=True, timeout=600)  # fmt: skip
+    (wheel,) = (scratch / "dist").glob("switchyard_serving-*.whl")
+    venv = scratch / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    subprocess.run([*pip, "--python", str(venv / "bin" / "python"), "install", "--no-deps",
+                    str(wheel)], check=True, timeout=300)  # fmt: skip
+    (target,) = (venv / "lib").glob("python3*/site-packages")
+    (target / "switchyard-dependencies.pth").write_text(site.getsitepackages()[0] + "\n")
+    workdir = scratch / "work"
+    workdir.mkdir()
+    return Installed(venv, workdir)
 
 
 @pytest.fixture(scope="session")

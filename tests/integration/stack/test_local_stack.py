@@ -15,7 +15,7 @@ import pytest
 from router.client import RequestError
 from services.processes.ports import free_port
 from services.stack.processes import StateFile
-from tests.integration.conftest import run_switchyard
+from tests.integration.conftest import ROOT, Installed, run_switchyard
 from tests.integration.router.helpers import client
 
 DASHBOARD = Path(__file__).parents[3] / "services/monitoring/grafana/dashboards/switchyard.json"
@@ -52,22 +52,36 @@ def port_is_free(port: int) -> bool:
 
 
 @pytest.fixture(scope="module")
-def stack(tiny_build: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+def stack(
+    tiny_build: Path, installed: Installed, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Stack]:
+    """The stack as `up` starts it from the installed wheel (not this checkout)."""
     stack = Stack(tmp_path_factory.mktemp("stack"), {name: free_port() for name in PORT_OPTIONS})
     os.environ["SWITCHYARD_STACK_SCRAPE_INTERVAL_SECONDS"] = "1"
     try:
-        run_switchyard("up", "--build", str(tiny_build), *stack.options())
+        installed.run("up", "--build", str(tiny_build), *stack.options())
         yield stack
     finally:
         del os.environ["SWITCHYARD_STACK_SCRAPE_INTERVAL_SECONDS"]
-        run_switchyard("down", "--state-dir", str(stack.state_dir))
+        installed.run("down", "--state-dir", str(stack.state_dir))
 
 
-def test_up_starts_every_service_and_refuses_a_second_up(stack: Stack, tiny_build: Path) -> None:
+def test_up_starts_every_service_and_refuses_a_second_up(
+    stack: Stack, tiny_build: Path, installed: Installed
+) -> None:
     processes = StateFile(stack.state_dir).load()
     assert [p.name for p in processes] == ["redis", "triton", "router", "prometheus"]
     assert all(p.alive() for p in processes)
-    again = run_switchyard("up", "--build", str(tiny_build), *stack.options(), check=False)
+    # Every server of ours runs the installed package, with its data files.
+    for name in ("triton", "router"):
+        pid = next(p.pid for p in processes if p.name == name)
+        command = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        assert command[0] == bytes(installed.python), command
+    config = (stack.state_dir / "router.yaml").read_text()
+    assert "tasks:" in config and str(ROOT) not in config
+    rules = (stack.state_dir / "prometheus.yml").read_text()
+    assert str(installed.venv) in rules and str(ROOT) not in rules
+    again = installed.run("up", "--build", str(tiny_build), *stack.options(), check=False)
     assert again.returncode == 2
     assert "a stack is already running" in again.stderr
     assert [p.pid for p in StateFile(stack.state_dir).load()] == [p.pid for p in processes]
@@ -81,8 +95,8 @@ def test_router_check_reports_health_for_container_probes(stack: Stack) -> None:
     assert f"router at {dead}: UNAVAILABLE" in result.stderr
 
 
-def test_demo_answers_from_both_routes(stack: Stack) -> None:
-    result = run_switchyard("demo", "--state-dir", str(stack.state_dir))
+def test_demo_answers_from_both_routes(stack: Stack, installed: Installed) -> None:
+    result = installed.run("demo", "--state-dir", str(stack.state_dir))
     lines = result.stdout.splitlines()
     rows = [line for line in lines if "│ topic" in line or "│ sentiment" in line]
     assert len(rows) == 10
