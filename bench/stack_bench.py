@@ -16,7 +16,6 @@ import importlib.metadata
 import json
 import os
 import platform
-import subprocess
 import sys
 import tempfile
 import time
@@ -42,7 +41,7 @@ from services.contracts.model_repository import ModelVersion
 from services.pipeline.onnx_classifier import OnnxTextClassifier
 from services.processes.ports import free_port
 from services.processes.redis_server import RedisServer
-from services.processes.supervisor import ProcessRecord
+from services.processes.supervisor import ChildProcess, ProcessRecord, StartFailed
 from services.stack.processes import StateFile
 
 __all__ = ["BenchOptions", "run_bench"]
@@ -110,19 +109,22 @@ class _CpuMeter:
 
 
 @contextmanager
-def _child_server(argv: list[str]) -> Iterator[int]:
-    """A baseline server from bench.servers; yields its pid once it printed 'ready'."""
-    process = subprocess.Popen(
-        [sys.executable, "-m", "bench.servers", *argv], stdout=subprocess.PIPE, text=True
-    )
+def _child_server(argv: list[str], logs: Path) -> Iterator[int]:
+    """A baseline server from bench.servers; yields its pid once it logged 'ready'."""
+    log = logs / f"baseline-{argv[0]}.log"
+    log.unlink(missing_ok=True)
+    command = [sys.executable, "-m", "bench.servers", *argv]
     try:
-        line = process.stdout.readline() if process.stdout else ""
-        if line.strip() != "ready":
-            raise RuntimeError(f"baseline server {argv[0]} did not start")
+        process = ChildProcess.start(f"baseline {argv[0]}", command, log, stop_with_parent=True)
+    except StartFailed as exc:
+        raise RuntimeError(str(exc)) from None
+    try:
+        process.wait_ready(lambda: "ready" in log.read_text(errors="replace"), 600)
         yield process.pid
+    except StartFailed as exc:
+        raise RuntimeError(str(exc)) from None
     finally:
-        process.terminate()
-        process.wait(15)
+        process.stop(15)
 
 
 def _stack(state_dir: Path) -> dict[str, ProcessRecord]:
@@ -211,7 +213,11 @@ async def _measure(options: BenchOptions, say: Callable[[str], None]) -> dict[st
     floor_port, teacher_port = free_port(), free_port()
     floor_argv = ["floor", "--port", str(floor_port), "--redis-url", redis_url]
     teacher_argv = ["teacher", "--port", str(teacher_port), "--build", str(options.build_dir)]
-    with _child_server(floor_argv) as floor_pid, _child_server(teacher_argv) as teacher_pid:
+    logs = options.out_dir / "logs"
+    with (
+        _child_server(floor_argv, logs) as floor_pid,
+        _child_server(teacher_argv, logs) as teacher_pid,
+    ):
         floor = AsyncRouterClient(f"127.0.0.1:{floor_port}", retries=0)
         teacher = AsyncRouterClient(f"127.0.0.1:{teacher_port}", timeout_s=60.0, retries=0)
 

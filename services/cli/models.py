@@ -8,6 +8,7 @@ from rich.console import Console
 from rich.table import Table
 
 from services.cli._output import fail, percent
+from services.contracts.build_layout import DEFAULT_SEED
 
 if TYPE_CHECKING:
     from services.contracts.build_report import BuildReport
@@ -102,7 +103,9 @@ def build(
     out: Annotated[Path, typer.Option(help="Output folder for the build and model repository.")],
     profile: Annotated[str, typer.Option(help="Build profile: quick or full.")] = "quick",
     tasks: Annotated[str, typer.Option(help="Comma-separated tasks.")] = "topic,sentiment",
-    seed: Annotated[int, typer.Option(help="Seed for splits, sampling and training.")] = 13,
+    seed: Annotated[
+        int, typer.Option(help="Seed for splits, sampling and training.")
+    ] = DEFAULT_SEED,
     precision: Annotated[
         str, typer.Option(help="Served precision: auto (int8 if it keeps accuracy), int8, fp32.")
     ] = "auto",

@@ -15,6 +15,7 @@ from router.client import RequestError, RouterClient, TlsConfig
 from services.processes.redis_server import RedisServer
 from tests.integration.conftest import SWITCHYARD, RouterProcess
 from tests.integration.security.conftest import (
+    CACHED_TEXT,
     Pki,
     ask,
     fresh_client,
@@ -107,6 +108,22 @@ def test_router_check_speaks_tls(tls_router: tuple[RouterProcess, Pki]) -> None:
     result = router_check(router.address)
     assert result.returncode != 0
     assert "UNAVAILABLE" in result.stderr
+
+
+def test_predict_speaks_tls(tls_router: tuple[RouterProcess, Pki]) -> None:
+    router, pki = tls_router
+    command = [*SWITCHYARD, "predict", "--address", router.address, "--policy", "cache_only"]
+    result = subprocess.run(
+        [*command, "--tls-ca-file", str(pki.ca_file), CACHED_TEXT],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "politics" in result.stdout and "cache" in result.stdout
+    plaintext = subprocess.run(
+        [*command, "--timeout", "2", CACHED_TEXT], capture_output=True, text=True, timeout=60
+    )
+    assert plaintext.returncode == 2
+    assert "UNAVAILABLE" in plaintext.stderr
 
 
 def test_mutual_tls_requires_a_client_certificate_from_the_ca(
