@@ -85,16 +85,19 @@ class LoadGenerator(Generic[Result]):
         running: Callable[[], bool],
         max_outstanding: int | None = None,
         drain_s: float | None = None,
+        seconds: float | None = None,
     ) -> None:
-        """One request every 1/rate s. Beyond `max_outstanding` in flight a slot is skipped
-        and recorded as Overloaded, so overload shows as errors; requests still in flight
-        `drain_s` after the loop ends are cancelled and recorded as TimeoutError."""
+        """One request every 1/rate s while `running()`, and with `seconds` every slot due
+        within that time: a client that falls behind still sends them all, late. Beyond
+        `max_outstanding` in flight a slot is skipped and recorded as Overloaded, so overload
+        shows as errors; requests still in flight `drain_s` after the loop ends are cancelled
+        and recorded as TimeoutError."""
         in_flight: dict[asyncio.Task[None], tuple[int, float]] = {}
         started = time.monotonic()
         for slot in itertools.count():
-            if not running():
-                break
             due = started + slot / rate
+            if not running() or (seconds is not None and due >= started + seconds):
+                break
             delay = due - time.monotonic()
             if delay > 0:
                 await asyncio.sleep(delay)
@@ -110,14 +113,13 @@ class LoadGenerator(Generic[Result]):
         if not in_flight:
             return
         _, pending = await asyncio.wait(list(in_flight), timeout=drain_s)
-        late = {task: in_flight[task] for task in pending}
+        late = {task: (*in_flight[task], self._started.get(in_flight[task][0])) for task in pending}
         for task in late:
             task.cancel()
         await asyncio.gather(*late, return_exceptions=True)
-        for index, due in late.values():
-            began = self._started.pop(index, due)
+        for index, due, began in late.values():
             error = TimeoutError(f"no answer {drain_s} s after the load ended")
-            self._record(Sample(index, due, began, time.monotonic(), error=error))
+            self._record(Sample(index, due, began or due, time.monotonic(), error=error))
 
 
 @dataclass(frozen=True)
@@ -172,5 +174,6 @@ async def closed_loop(
 async def open_loop(call: Call[object], rate: float, seconds: float, drain_s: float = 5.0) -> Run:
     """`rate` requests per second for `seconds`; what is unanswered `drain_s` later fails."""
     samples: list[Sample[object]] = []
-    await LoadGenerator(call, samples.append).open_loop(rate, _until(seconds), drain_s=drain_s)
+    generator = LoadGenerator(call, samples.append)
+    await generator.open_loop(rate, lambda: True, drain_s=drain_s, seconds=seconds)
     return Run.of(samples, seconds)

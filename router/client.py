@@ -84,8 +84,8 @@ def _options(
     options: list[tuple[str, Any]] = [
         ("grpc.max_send_message_length", max_message_bytes),
         ("grpc.max_receive_message_length", max_message_bytes),
-        ("grpc.enable_retries", int(retries > 0)),
     ]
+    # Without a retry policy gRPC still retries, transparently, what never left the client.
     if retries > 0:
         policy = {
             "maxAttempts": retries + 1,

@@ -95,6 +95,12 @@ def _grpc_server(
     return server
 
 
+async def _cancel(task: "asyncio.Task[None]") -> None:
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
 async def serve(settings: RouterSettings, ready: asyncio.Event | None = None) -> None:
     """Run the router until SIGTERM or SIGINT. A start that fails half way (a port in use, a
     model repository without the model) closes what it had opened before raising."""
@@ -143,16 +149,14 @@ async def serve(settings: RouterSettings, ready: asyncio.Event | None = None) ->
         health_task = asyncio.create_task(
             _watch_health(settings, cache, student, health_servicer, metrics)
         )
-        resources.callback(health_task.cancel)
+        resources.push_async_callback(_cancel, health_task)
         _log.info("router listening on %s, metrics on :%d", address, settings.metrics_port)
         if ready is not None:
             ready.set()
         await stopping.wait()
         # Health first, and keep serving while load balancers notice; then stop taking new
         # requests and let in-flight ones finish. The exit stack closes the rest.
-        health_task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await health_task
+        await _cancel(health_task)
         await health_servicer.enter_graceful_shutdown()
         _log.info("NOT_SERVING; closing the port in %.1f s", settings.shutdown_delay_seconds)
         await asyncio.sleep(settings.shutdown_delay_seconds)

@@ -19,10 +19,10 @@ it changes whenever the teacher's data or training changes.
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from pydantic import BaseModel, ConfigDict, ValidationError
-
-from services.contracts.build_report import BuildReport, TeacherTraining
+if TYPE_CHECKING:
+    from services.contracts.build_report import BuildReport, TeacherTraining
 
 __all__ = [
     "DEFAULT_SEED",
@@ -39,9 +39,8 @@ SPLITS = ("train", "validation", "test")
 _MARKER = "_stage.json"
 
 
-class StageMarker(BaseModel):
-    model_config = ConfigDict(frozen=True)
-
+@dataclass(frozen=True)
+class StageMarker:
     fingerprint: str
     seconds: float
 
@@ -53,7 +52,7 @@ class TeacherRecord:
     task: str
     model_dir: Path
     version: str
-    training: TeacherTraining
+    training: "TeacherTraining"
     labels: list[str]
 
 
@@ -89,11 +88,23 @@ class BuildLayout:
     def teacher_model_dir(self, task: str) -> Path:
         return self.stage_dir(task, "teacher") / "model"
 
-    def read_report(self) -> BuildReport | None:
-        """The build's report; None when the build never finished."""
+    def read_report(self) -> "BuildReport | None":
+        """The build's report; None when no build finished here. ValueError for a report this
+        version cannot read (written by an older or newer one)."""
+        # The report's models load only here: the CLI reads this module at every start.
+        from pydantic import ValidationError
+
+        from services.contracts.build_report import BuildReport
+
         if not self.report_file.is_file():
             return None
-        return BuildReport.model_validate_json(self.report_file.read_text(encoding="utf-8"))
+        try:
+            return BuildReport.model_validate_json(self.report_file.read_text(encoding="utf-8"))
+        except ValidationError as exc:
+            raise ValueError(
+                f"{self.report_file} is not a report this version can read ({exc.error_count()} "
+                f"fields missing or invalid); rebuild with `switchyard models build`"
+            ) from None
 
     def built_teachers(self) -> list[str]:
         """Tasks whose teacher stage finished."""
@@ -104,6 +115,10 @@ class BuildLayout:
     def read_teacher(self, task: str) -> TeacherRecord:
         """The teacher of a finished teacher stage; ValueError if its records are not
         readable (for instance written by an older build without the fields needed now)."""
+        from pydantic import ValidationError
+
+        from services.contracts.build_report import TeacherTraining
+
         stage = self.stage_dir(task, "teacher")
         marker = read_stage_marker(stage)
         if marker is None:
@@ -114,15 +129,16 @@ class BuildLayout:
             )
         except (OSError, ValidationError):
             raise ValueError(f"{stage / 'teacher.json'} lacks fields this version needs") from None
+        model_dir = self.teacher_model_dir(task)
         try:
-            config = json.loads((stage / "model" / "config.json").read_text(encoding="utf-8"))
+            config = json.loads((model_dir / "config.json").read_text(encoding="utf-8"))
             id2label: dict[str, str] = config["id2label"]
             labels = [id2label[str(index)] for index in range(len(id2label))]
         except (OSError, ValueError, KeyError, TypeError):
-            raise ValueError(f"{stage / 'model' / 'config.json'} has no usable id2label") from None
+            raise ValueError(f"{model_dir / 'config.json'} has no usable id2label") from None
         return TeacherRecord(
             task=task,
-            model_dir=stage / "model",
+            model_dir=model_dir,
             version=marker.fingerprint,
             training=training,
             labels=labels,
@@ -130,12 +146,15 @@ class BuildLayout:
 
 
 def read_stage_marker(stage: Path) -> StageMarker | None:
-    """The marker of a finished stage folder; None when the stage is absent or unfinished."""
-    path = stage / _MARKER
-    if not path.is_file():
+    """The marker of a finished stage folder; None when the stage is absent, unfinished or its
+    marker unreadable (the stage is then redone)."""
+    try:
+        data = json.loads((stage / _MARKER).read_text(encoding="utf-8"))
+        return StageMarker(fingerprint=str(data["fingerprint"]), seconds=float(data["seconds"]))
+    except (OSError, ValueError, KeyError, TypeError):
         return None
-    return StageMarker.model_validate_json(path.read_text(encoding="utf-8"))
 
 
 def write_stage_marker(stage: Path, marker: StageMarker) -> None:
-    (stage / _MARKER).write_text(marker.model_dump_json(indent=2) + "\n", encoding="utf-8")
+    record = {"fingerprint": marker.fingerprint, "seconds": marker.seconds}
+    (stage / _MARKER).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")

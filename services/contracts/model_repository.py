@@ -20,7 +20,7 @@ from pathlib import Path
 
 from google.protobuf import text_format
 from google.protobuf.message import Message
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, ValidationError
 from tritonclient.grpc import model_config_pb2 as mc
 
 __all__ = [
@@ -83,7 +83,16 @@ class ModelVersion:
         return labels
 
     def card(self) -> ModelCard:
-        return ModelCard.model_validate_json((self.path / CARD_FILE).read_text(encoding="utf-8"))
+        """The version's card; ValueError when it lacks what serving needs."""
+        path = self.path / CARD_FILE
+        try:
+            return ModelCard.model_validate_json(path.read_text(encoding="utf-8"))
+        except ValidationError as exc:
+            problems = "; ".join(
+                f"{'.'.join(str(part) for part in error['loc'])}: {error['msg']}"
+                for error in exc.errors(include_url=False, include_input=False)
+            )
+            raise ValueError(f"{path} is not a usable model card: {problems}") from None
 
 
 def model_names(repository: Path) -> list[str]:

@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, TypeVar
+from typing import TypeVar
 
 import numpy as np
 from pydantic import BaseModel
@@ -62,28 +62,18 @@ from services.pipeline.errors import PipelineError
 from services.pipeline.evaluate import evaluate_task
 from services.pipeline.export import FP32_FILE, INT8_FILE, export_student
 from services.pipeline.onnx_classifier import OnnxTextClassifier
-from services.pipeline.profiles import BuildProfile
+from services.pipeline.profiles import BuildProfile, RequestedPrecision
 from services.pipeline.repository import publish_directory, student_config
 from services.pipeline.student import distill_student
 from services.pipeline.teacher import load_classifier, train_teacher
 from services.pipeline.training import predict_logits
 
-__all__ = ["BuildOptions", "RequestedPrecision", "build_models", "parse_precision"]
+__all__ = ["BuildOptions", "build_models"]
 
 MODEL_VERSION = "1"
-RequestedPrecision = Literal["auto", "int8", "fp32"]
-_PRECISIONS: tuple[RequestedPrecision, ...] = ("auto", "int8", "fp32")
 # The bias probe asks about sentiment towards people; topic labels have no such reading.
 _BIAS_PROBED_TASKS = {"sentiment"}
 Record = TypeVar("Record", bound=BaseModel)
-
-
-def parse_precision(value: str) -> RequestedPrecision:
-    """The served precision asked for: auto (int8 if it keeps accuracy), int8 or fp32."""
-    for precision in _PRECISIONS:
-        if value == precision:
-            return precision
-    raise PipelineError(f"unknown precision {value!r}; use auto, int8 or fp32")
 
 
 @dataclass(frozen=True)
@@ -356,7 +346,11 @@ def build_models(options: BuildOptions) -> BuildReport:
         _write_model_version(staging, task, result, options)
     publish_directory(staging, repository)
 
-    previous = layout.read_report()
+    try:
+        previous = layout.read_report()
+    except ValueError as exc:
+        print(f"  {exc}: its tasks that were not rebuilt now are left out of the new report")
+        previous = None
     kept_tasks = previous.tasks if previous and previous.profile == options.profile.name else {}
     report = BuildReport(
         profile=options.profile.name,

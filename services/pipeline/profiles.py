@@ -9,9 +9,26 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from services.pipeline.errors import PipelineError
 
-__all__ = ["PROFILES", "BuildProfile", "TaskBudget", "get_profile"]
+__all__ = [
+    "PROFILES",
+    "BuildProfile",
+    "RequestedPrecision",
+    "TaskBudget",
+    "get_profile",
+    "parse_precision",
+]
 
 TeacherBase = Literal["all-MiniLM-L6-v2", "all-mpnet-base-v2"]
+RequestedPrecision = Literal["auto", "int8", "fp32"]
+_PRECISIONS: tuple[RequestedPrecision, ...] = ("auto", "int8", "fp32")
+
+
+def parse_precision(value: str) -> RequestedPrecision:
+    """The served precision asked for: auto (int8 if it keeps accuracy), int8 or fp32."""
+    for precision in _PRECISIONS:
+        if value == precision:
+            return precision
+    raise PipelineError(f"unknown precision {value!r}; use auto, int8 or fp32")
 
 
 class TaskBudget(BaseModel):

@@ -45,7 +45,10 @@ class RedisServer:
 
     def start(self, timeout_s: float = 10.0) -> None:
         log = self._directory / f"redis-{self.port}.log"
-        self._process = ChildProcess.start("redis-server", self.command(), log, address=self.url)
+        # Stopped with its parent: a killed test run or benchmark leaves no server behind.
+        self._process = ChildProcess.start(
+            "redis-server", self.command(), log, address=self.url, stop_with_parent=True
+        )
         try:
             self._process.wait_ready(self.ping, timeout_s)
         except StartFailed as exc:

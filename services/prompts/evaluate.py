@@ -68,7 +68,10 @@ class TaskData:
             loaded = load_task(task)
         except PipelineError as exc:
             raise PromptError(str(exc)) from None
-        report = BuildLayout(build_dir).read_report()
+        try:
+            report = BuildLayout(build_dir).read_report()
+        except ValueError as exc:
+            raise PromptError(f"{exc}; the test split depends on its seed") from None
         splits = split_examples(loaded.examples, DEFAULT_SEED if report is None else report.seed)
         pool = _sample(splits.train, settings.pool_size, seed, len(loaded.labels))
         return cls(

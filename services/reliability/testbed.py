@@ -93,7 +93,12 @@ class RouterProcess:
         """Start, and wait until health says SERVING (or answers at all, unless `serving`)."""
         command = [*_SWITCHYARD, "router", "serve", "--config", str(self.config)]
         self.process = ChildProcess.start(
-            "router", command, self.log, address=self.address, env={**os.environ, **self.env}
+            "router",
+            command,
+            self.log,
+            address=self.address,
+            env={**os.environ, **self.env},
+            stop_with_parent=True,
         )
         try:
             self.process.wait_ready(lambda: self._health_answers(serving), timeout_s)

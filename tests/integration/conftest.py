@@ -2,6 +2,7 @@
 session's Redis is tests/conftest.py's)."""
 
 import os
+import shutil
 import site
 import subprocess
 import sys
@@ -69,8 +70,17 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Installed:
     rest again would take minutes). That directory's own .pth files, among them the editable
     install's finder, are not run from there, so nothing of the checkout is importable."""
     scratch = tmp_path_factory.mktemp("installed")
+    # Built from a copy: setuptools leaves build/ and *.egg-info where it builds, and build/
+    # is also the default model folder of `switchyard up`.
+    source = scratch / "source"
+    source.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, source / name)
+    for package in ("router", "services", "bench"):
+        shutil.copytree(ROOT / package, source / package,
+                        ignore=shutil.ignore_patterns("__pycache__"))  # fmt: skip
     pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "--quiet"]
-    subprocess.run([*pip, "wheel", "--no-deps", "-w", str(scratch / "dist"), str(ROOT)],
+    subprocess.run([*pip, "wheel", "--no-deps", "-w", str(scratch / "dist"), str(source)],
                    check=True, timeout=600)  # fmt: skip
     (wheel,) = (scratch / "dist").glob("switchyard_serving-*.whl")
     venv = scratch / "venv"

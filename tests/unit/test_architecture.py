@@ -3,10 +3,11 @@
     contracts, processes  <-  router, triton, batch, pipeline, prompts  <-  stack, reliability,
     bench  <-  cli
 
-Arrows only point down (or sideways within a layer), no package or module takes part in an
+Arrows only point down (or sideways within a layer), the bottom packages import nothing of
+ours but themselves, every module belongs to a layer, no package or module takes part in an
 import cycle, nothing imports a private module or name of another package, and the generated
 gRPC code is reached only through `router.contract`. Every import counts: at the top, inside
-functions, and under TYPE_CHECKING.
+functions, under TYPE_CHECKING, absolute or relative.
 """
 
 import ast
@@ -30,17 +31,31 @@ LAYERS = {
     "bench": 2,
     "services.cli": 3,
 }
+# Folders that hold packages but are no layer of their own: `services` only groups them,
+# `services.monitoring` holds data files.
+UNLAYERED = {"services", "services.monitoring"}
 GENERATED = "router._generated"
 GENERATED_GATE = "router.contract"
+OURS = {"router", "services", "bench", "tests"}
 
 
-def read_sources(root: Path, folders: tuple[str, ...] = SOURCES) -> dict[str, str]:
+class Sources(dict[str, str]):
+    """Module name -> source text; `packages` are the modules that are an __init__.py."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.packages: set[str] = set()
+
+
+def read_sources(root: Path, folders: tuple[str, ...] = SOURCES) -> Sources:
     """Every module of `folders` under `root` by dotted name, with its source."""
-    sources = {}
+    sources = Sources()
     for folder in folders:
         for path in sorted((root / folder).rglob("*.py")):
             parts = path.relative_to(root).with_suffix("").parts
             name = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+            if parts[-1] == "__init__":
+                sources.packages.add(name)
             sources[name] = path.read_text(encoding="utf-8")
     return sources
 
@@ -51,22 +66,27 @@ def package_of(module: str) -> str | None:
     return max(matches, key=len) if matches else None
 
 
-def imports(module: str, source: str, known: set[str]) -> Iterator[tuple[str, str | None]]:
-    """(imported module, imported name or None) for every import of ours in `source`."""
-    for node in ast.walk(ast.parse(source)):
+def imports(module: str, sources: Sources) -> Iterator[tuple[str, str | None]]:
+    """(imported module, imported name or None) for every import of ours in `module`."""
+    for node in ast.walk(ast.parse(sources[module])):
         if isinstance(node, ast.Import):
             for alias in node.names:
-                if alias.name.split(".")[0] in {"router", "services", "bench"}:
+                if alias.name.split(".")[0] in OURS:
                     yield alias.name, None
-        elif isinstance(node, ast.ImportFrom) and node.module:
-            base = node.module
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
             if node.level:
-                base = ".".join([*module.split(".")[: -node.level], node.module])
-            if base.split(".")[0] not in {"router", "services", "bench"}:
+                # Relative to the module's package: itself for an __init__.py.
+                package = (
+                    module.split(".") if module in sources.packages else module.split(".")[:-1]
+                )
+                anchor = package[: len(package) - node.level + 1]
+                base = ".".join([*anchor, *([node.module] if node.module else [])])
+            if base.split(".")[0] not in OURS:
                 continue
             for alias in node.names:
                 submodule = f"{base}.{alias.name}"
-                yield (submodule, None) if submodule in known else (base, alias.name)
+                yield (submodule, None) if submodule in sources else (base, alias.name)
 
 
 def is_private(dotted: str) -> bool:
@@ -105,25 +125,33 @@ def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
     return found
 
 
-def violations(sources: dict[str, str]) -> list[str]:
-    known = set(sources)
-    problems = []
+def violations(sources: Sources) -> list[str]:
+    problems = [
+        f"{module} belongs to no layer; add its package to LAYERS"
+        for module in sources
+        if package_of(module) is None and module not in UNLAYERED
+    ]
     modules: dict[str, set[str]] = {name: set() for name in sources}
     packages: dict[str, set[str]] = {}
-    for module, source in sources.items():
+    for module in sources:
         mine = package_of(module)
-        for target, name in imports(module, source, known):
+        for target, name in imports(module, sources):
             theirs = package_of(target)
-            if target in known and target != module:
+            if target in sources and target != module:
                 modules[module].add(target)
             if target.startswith(GENERATED) and not (
                 module == GENERATED_GATE or module.startswith(GENERATED)
             ):
                 problems.append(f"{module} imports the generated {target}; use router.contract")
-            if mine is None or theirs is None or mine == theirs:
+            if mine is None or mine == theirs:
+                continue
+            if theirs is None:
+                problems.append(f"{module} imports {target}, which belongs to no layer")
                 continue
             packages.setdefault(mine, set()).add(theirs)
-            if LAYERS[theirs] > LAYERS[mine]:
+            if LAYERS[mine] == 0:
+                problems.append(f"{module} imports {target}: {mine} imports nothing of ours")
+            elif LAYERS[theirs] > LAYERS[mine]:
                 problems.append(f"{module} (layer {LAYERS[mine]}) imports {target} (layer "
                                 f"{LAYERS[theirs]}): arrows point down only")  # fmt: skip
             if is_private(target) or (name is not None and is_private(name)):
@@ -142,13 +170,12 @@ def test_the_tree_keeps_its_layers() -> None:
 
 def test_tests_use_only_public_names() -> None:
     """Tests are on top of everything, but they too speak the public interfaces."""
-    sources = read_sources(ROOT, ("tests",)) | read_sources(ROOT)
-    known = set(sources)
+    sources = read_sources(ROOT, ("tests", *SOURCES))
     private = [
         f"{module} imports {target if name is None else f'{target}.{name}'}"
-        for module, source in sources.items()
+        for module in sources
         if module.startswith("tests.")
-        for target, name in imports(module, source, known)
+        for target, name in imports(module, sources)
         if is_private(target) or (name is not None and is_private(name))
     ]
     assert private == []
@@ -158,7 +185,7 @@ def test_tests_use_only_public_names() -> None:
     ("module", "planted", "expected"),
     [
         ("services.contracts.text", "from router.routing import Router",
-         "services.contracts.text (layer 0) imports router.routing (layer 1)"),
+         "services.contracts.text imports router.routing: services.contracts imports nothing"),
         ("services.contracts.text", "from router.routing import Router", "module cycle:"),
         ("router.model", "from services.stack.demo import run_demo", "package cycle:"),
         ("services.prompts.llm", "from services.batch.labels import Labelled",
@@ -167,8 +194,15 @@ def test_tests_use_only_public_names() -> None:
          "bench.stack_bench imports the private router.model._CHANNEL_ARGS of router"),
         ("services.stack.demo", "from router._generated.switchyard.v1 import router_pb2",
          "services.stack.demo imports the generated router._generated.switchyard.v1"),
+        ("services.contracts", "from ..stack import stack",
+         "services.contracts imports services.stack.stack: services.contracts imports nothing"),
+        ("services.stack.demo", "from .. import cli",
+         "services.stack.demo (layer 2) imports services.cli (layer 3)"),
+        ("services.contracts.text", "from services.processes.ports import free_port",
+         "services.contracts.text imports services.processes.ports: services.contracts imports "
+         "nothing of ours"),
         ("services.cli.models", "import services.processes.supervisor as s\nfrom services.cli "
-         "import _output", "no violation expected"),
+         "import _output\nfrom . import batch", "no violation expected"),
     ],
 )  # fmt: skip
 def test_a_planted_violation_is_found(module: str, planted: str, expected: str) -> None:
@@ -179,3 +213,12 @@ def test_a_planted_violation_is_found(module: str, planted: str, expected: str) 
         return
     found = violations(sources)
     assert any(problem.startswith(expected) or expected in problem for problem in found), found
+
+
+def test_a_module_outside_every_layer_is_found() -> None:
+    sources = read_sources(ROOT)
+    sources["services.helpers"] = "from services.stack import stack\n"
+    sources["services.contracts.text"] += "\nfrom services import helpers\n"
+    found = violations(sources)
+    assert "services.helpers belongs to no layer; add its package to LAYERS" in found
+    assert any("imports services.helpers, which belongs to no layer" in p for p in found), found

@@ -175,10 +175,13 @@ def test_open_loop_cancels_what_is_still_running_drain_s_after_it_ended() -> Non
         "answer 4",
     ]
     assert len(late) == 3
+    # Each cancelled request keeps the index its call was given, and when it started.
+    assert sorted(sample.index for sample in late) == [1, 3, 5]
     for sample in late:
         assert isinstance(sample.error, TimeoutError)
         assert "0.2 s after the load ended" in str(sample.error)
         assert sample.latency_s >= 0.2
+        assert sample.due <= sample.started < sample.ended
 
 
 class ServerError(Exception):
@@ -258,6 +261,22 @@ def test_open_loop_helper_runs_at_the_rate() -> None:
     assert run.seconds == 0.5
     assert 50 <= run.throughput <= 110
     assert 10 <= run.summary()["p50_ms"] < 200
+
+
+def test_open_loop_helper_sends_every_slot_of_its_time_even_when_it_falls_behind() -> None:
+    """A client stalled for most of the run still offers rate x seconds requests, late."""
+    stalled = False
+
+    async def call(index: int) -> int:
+        nonlocal stalled
+        if not stalled:
+            stalled = True
+            time.sleep(0.3)  # blocks the loop: every slot of the run is now overdue
+        return index
+
+    run = asyncio.run(open_loop(call, rate=100, seconds=0.2))
+    assert len(run.latencies_ms) == 20
+    assert max(run.latencies_ms) >= 100
 
 
 def test_open_loop_helper_fails_what_is_unanswered_after_the_drain() -> None:
