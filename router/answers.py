@@ -7,7 +7,7 @@ mapping between the two is `router.contract`.
 import enum
 from dataclasses import dataclass
 
-__all__ = ["Answer", "ModelAnswer", "Policy", "Route", "TaskInfo"]
+__all__ = ["Answer", "ModelAnswer", "Policy", "Prediction", "Route", "TaskInfo"]
 
 
 class Policy(enum.Enum):
@@ -43,6 +43,13 @@ class Answer:
     model: str
     model_version: str
     cache_generation: str
+
+
+@dataclass(frozen=True)
+class Prediction(Answer):
+    """An answer as a client receives it, with the time the router spent on the request."""
+
+    server_latency_ms: float
 
 
 @dataclass(frozen=True)

@@ -18,13 +18,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from router import contract
-from router.answers import Answer, Policy, Route, TaskInfo
+from router.answers import Policy, Prediction, Route, TaskInfo
 
 __all__ = [
     "AsyncRouterClient",
@@ -37,8 +37,6 @@ __all__ = [
     "TlsConfig",
 ]
 
-Reply = TypeVar("Reply")
-
 
 class RequestError(Exception):
     """A call that did not succeed: the gRPC status code and the router's message."""
@@ -47,13 +45,6 @@ class RequestError(Exception):
         super().__init__(f"{code.name}: {details}")
         self.code = code
         self.details = details
-
-
-@dataclass(frozen=True)
-class Prediction(Answer):
-    """An answer, with the time the router spent on the request."""
-
-    server_latency_ms: float
 
 
 @dataclass(frozen=True)
@@ -103,11 +94,6 @@ def _options(
     return options + list(extra)
 
 
-def _prediction(message: contract.PredictResponse) -> Prediction:
-    answer, latency_ms = contract.answer_from_message(message)
-    return Prediction(**vars(answer), server_latency_ms=latency_ms)
-
-
 def _request(
     task: str, text: str, policy: Policy, min_confidence: float
 ) -> contract.PredictRequest:
@@ -130,6 +116,14 @@ def _batch_request(
     )
 
 
+def _health_request(service: str) -> health_pb2.HealthCheckRequest:
+    return health_pb2.HealthCheckRequest(service=service)
+
+
+def _status_name(reply: health_pb2.HealthCheckResponse) -> str:
+    return str(health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status))
+
+
 def _error(exc: grpc.RpcError) -> RequestError:
     # Both grpc's sync errors and grpc.aio's AioRpcError are Calls with a code and details.
     call: Any = exc
@@ -137,7 +131,7 @@ def _error(exc: grpc.RpcError) -> RequestError:
 
 
 class _Settings:
-    """What both clients do alike: channel options, and each call's deadline."""
+    """What both clients do alike: the channel, its options, and each call's deadline."""
 
     def __init__(
         self,
@@ -149,11 +143,18 @@ class _Settings:
     ) -> None:
         if retries < 0:
             raise ValueError(f"retries must be 0 or more, got {retries}")
-        self.timeout_s = timeout_s
-        self.options = _options(tls, retries, max_message_bytes, options)
+        self._tls = tls
+        self._timeout_s = timeout_s
+        self._options = _options(tls, retries, max_message_bytes, options)
+
+    def channel(self, address: str, kind: Any) -> Any:
+        """A channel of `kind`, the `grpc` module or `grpc.aio` (whose factories match)."""
+        if self._tls is None:
+            return kind.insecure_channel(address, self._options)
+        return kind.secure_channel(address, self._tls.credentials(), self._options)
 
     def timeout(self, timeout_s: float | None) -> float | None:
-        return self.timeout_s if timeout_s is None else timeout_s
+        return self._timeout_s if timeout_s is None else timeout_s
 
 
 class RouterClient:
@@ -175,12 +176,7 @@ class RouterClient:
         options: Sequence[tuple[str, Any]] = (),
     ) -> None:
         self._settings = _Settings(tls, timeout_s, retries, max_message_bytes, options)
-        options = self._settings.options
-        self._channel = (
-            grpc.insecure_channel(address, options)
-            if tls is None
-            else grpc.secure_channel(address, tls.credentials(), options)
-        )
+        self._channel: grpc.Channel = self._settings.channel(address, grpc)
         self._stub = contract.RouterStub(self._channel)
         self._health = health_pb2_grpc.HealthStub(self._channel)
 
@@ -195,7 +191,7 @@ class RouterClient:
     ) -> Prediction:
         request = _request(task, text, policy, min_confidence)
         reply = self._call(self._stub.Predict, request, timeout_s)
-        return _prediction(reply)
+        return contract.prediction_from_message(reply)
 
     def predict_batch(
         self,
@@ -209,7 +205,7 @@ class RouterClient:
         """One prediction per text, in the order of `texts`."""
         request = _batch_request(task, texts, policy, min_confidence)
         reply = self._call(self._stub.PredictBatch, request, timeout_s)
-        return [_prediction(result) for result in reply.results]
+        return [contract.prediction_from_message(result) for result in reply.results]
 
     def list_tasks(self, *, timeout_s: float | None = None) -> list[TaskInfo]:
         reply = self._call(self._stub.ListTasks, contract.ListTasksRequest(), timeout_s)
@@ -218,9 +214,8 @@ class RouterClient:
     def health(self, service: str = "", *, timeout_s: float | None = None) -> str:
         """The gRPC health status of `service` ("" for the router as a whole): SERVING,
         NOT_SERVING, ..."""
-        request = health_pb2.HealthCheckRequest(service=service)
-        reply = self._call(self._health.Check, request, timeout_s)
-        return str(health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status))
+        reply = self._call(self._health.Check, _health_request(service), timeout_s)
+        return _status_name(reply)
 
     def _call(self, method: Any, request: Any, timeout_s: float | None) -> Any:
         try:
@@ -258,12 +253,7 @@ class AsyncRouterClient:
         options: Sequence[tuple[str, Any]] = (),
     ) -> None:
         self._settings = _Settings(tls, timeout_s, retries, max_message_bytes, options)
-        options = self._settings.options
-        self._channel = (
-            grpc.aio.insecure_channel(address, options)
-            if tls is None
-            else grpc.aio.secure_channel(address, tls.credentials(), options)
-        )
+        self._channel: grpc.aio.Channel = self._settings.channel(address, grpc.aio)
         self._stub = contract.RouterStub(self._channel)
         self._health = health_pb2_grpc.HealthStub(self._channel)
 
@@ -278,7 +268,7 @@ class AsyncRouterClient:
     ) -> Prediction:
         request = _request(task, text, policy, min_confidence)
         reply = await self._call(self._stub.Predict, request, timeout_s)
-        return _prediction(reply)
+        return contract.prediction_from_message(reply)
 
     async def predict_batch(
         self,
@@ -292,16 +282,15 @@ class AsyncRouterClient:
         """One prediction per text, in the order of `texts`."""
         request = _batch_request(task, texts, policy, min_confidence)
         reply = await self._call(self._stub.PredictBatch, request, timeout_s)
-        return [_prediction(result) for result in reply.results]
+        return [contract.prediction_from_message(result) for result in reply.results]
 
     async def list_tasks(self, *, timeout_s: float | None = None) -> list[TaskInfo]:
         reply = await self._call(self._stub.ListTasks, contract.ListTasksRequest(), timeout_s)
         return [contract.task_from_message(task) for task in reply.tasks]
 
     async def health(self, service: str = "", *, timeout_s: float | None = None) -> str:
-        request = health_pb2.HealthCheckRequest(service=service)
-        reply = await self._call(self._health.Check, request, timeout_s)
-        return str(health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status))
+        reply = await self._call(self._health.Check, _health_request(service), timeout_s)
+        return _status_name(reply)
 
     async def _call(self, method: Any, request: Any, timeout_s: float | None) -> Any:
         try:

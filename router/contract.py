@@ -7,7 +7,7 @@ contract.
 """
 
 from router._generated.switchyard.v1 import router_pb2, router_pb2_grpc
-from router.answers import Answer, Policy, Route, TaskInfo
+from router.answers import Answer, Policy, Prediction, Route, TaskInfo
 
 __all__ = [
     "SERVICE",
@@ -20,10 +20,10 @@ __all__ = [
     "RouterServicer",
     "RouterStub",
     "add_RouterServicer_to_server",
-    "answer_from_message",
     "answer_message",
     "policy_from_wire",
     "policy_to_wire",
+    "prediction_from_message",
     "route_to_wire",
     "task_from_message",
     "task_message",
@@ -87,12 +87,11 @@ def answer_message(answer: Answer, latency_ms: float) -> router_pb2.PredictRespo
     )
 
 
-def answer_from_message(message: router_pb2.PredictResponse) -> tuple[Answer, float]:
-    """The answer of a response and the server's latency in ms; ValueError for a route the
-    contract does not define."""
+def prediction_from_message(message: router_pb2.PredictResponse) -> Prediction:
+    """The answer of a response; ValueError for a route the contract does not define."""
     if message.route not in _ROUTE_OF_WIRE:
         raise ValueError(f"the router answered with unknown route {message.route}")
-    answer = Answer(
+    return Prediction(
         label=message.label,
         score=message.score,
         scores=dict(message.scores),
@@ -100,8 +99,8 @@ def answer_from_message(message: router_pb2.PredictResponse) -> tuple[Answer, fl
         model=message.model,
         model_version=message.model_version,
         cache_generation=message.cache_generation,
+        server_latency_ms=message.server_latency_ms,
     )
-    return answer, message.server_latency_ms
 
 
 def task_message(info: TaskInfo) -> router_pb2.TaskInfo:

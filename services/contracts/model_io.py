@@ -46,7 +46,8 @@ class TextEncoder:
         text's; with them, the smallest of the sorted `buckets` that holds it (so requests of
         equal shape can be batched together), or the tokenizer's max length when none does."""
         encodings = self._tokenizer.encode_batch(list(texts))
-        longest = max((len(encoding.ids) for encoding in encodings), default=0)
+        token_ids = [encoding.ids for encoding in encodings]
+        longest = max(map(len, token_ids), default=0)
         length = longest
         if buckets:
             index = bisect.bisect_left(buckets, longest)
@@ -55,16 +56,18 @@ class TextEncoder:
             length = min(max(length, longest), self.max_length)
         shape = (len(texts), length)
         arrays = {
-            "input_ids": np.full(shape, self.pad_id, dtype=np.int64),
-            "attention_mask": np.zeros(shape, dtype=np.int64),
-            "token_type_ids": np.zeros(shape, dtype=np.int64),
+            name: np.full(shape, self.pad_id if name == "input_ids" else 0, dtype=np.int64)
+            for name in self.input_names
         }
-        for row, encoding in enumerate(encodings):
-            size = len(encoding.ids)
-            arrays["input_ids"][row, :size] = encoding.ids
-            arrays["attention_mask"][row, :size] = 1
-            arrays["token_type_ids"][row, :size] = encoding.type_ids
-        return {name: arrays[name] for name in self.input_names}
+        for row, (encoding, ids) in enumerate(zip(encodings, token_ids, strict=True)):
+            for name, array in arrays.items():
+                if name == "input_ids":
+                    array[row, : len(ids)] = ids
+                elif name == "attention_mask":
+                    array[row, : len(ids)] = 1
+                else:
+                    array[row, : len(ids)] = encoding.type_ids
+        return arrays
 
 
 def softmax(logits: npt.ArrayLike) -> npt.NDArray[np.float64]:

@@ -34,6 +34,14 @@ __all__ = ["RouterProcess", "Testbed", "publish_generation", "task_labels"]
 _SWITCHYARD = [sys.executable, "-m", "services.cli"]
 
 
+def _answers(probe: RouterClient, serving: bool) -> bool:
+    """Whether health says SERVING (or, unless `serving`, answers at all)."""
+    try:
+        return probe.health() == "SERVING" or not serving
+    except RequestError:
+        return False
+
+
 class RouterProcess:
     """`switchyard router serve` in a child process, with its own settings file and log.
 
@@ -82,13 +90,6 @@ class RouterProcess:
         """A client of this router (TLS when the router has it); `options` as RouterClient's."""
         return RouterClient(self.address, tls=self.tls, **{"retries": 0} | options)
 
-    def _health_answers(self, serving: bool) -> bool:
-        with self.client(timeout_s=1.0) as client:
-            try:
-                return client.health() == "SERVING" or not serving
-            except RequestError:
-                return False
-
     def start(self, timeout_s: float = 60.0, serving: bool = True) -> None:
         """Start, and wait until health says SERVING (or answers at all, unless `serving`)."""
         command = [*_SWITCHYARD, "router", "serve", "--config", str(self.config)]
@@ -101,7 +102,8 @@ class RouterProcess:
             stop_with_parent=True,
         )
         try:
-            self.process.wait_ready(lambda: self._health_answers(serving), timeout_s)
+            with self.client(timeout_s=1.0) as probe:
+                self.process.wait_ready(lambda: _answers(probe, serving), timeout_s)
         except StartFailed as exc:
             self.stop()
             raise RuntimeError(f"{exc}:\n{self.log_text()[-3000:]}") from None

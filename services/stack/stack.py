@@ -119,12 +119,11 @@ def _router_config(settings: StackSettings, repository: Path) -> Path:
     return path
 
 
-def _router_serving(address: str) -> bool:
-    with RouterClient(address, timeout_s=2.0, retries=0) as client:
-        try:
-            return client.health() == "SERVING"
-        except RequestError:
-            return False
+def _serving(probe: RouterClient) -> bool:
+    try:
+        return probe.health() == "SERVING"
+    except RequestError:
+        return False
 
 
 def up(settings: StackSettings, say: Callable[[str], None]) -> list[ProcessRecord]:
@@ -170,7 +169,8 @@ def up(settings: StackSettings, say: Callable[[str], None]) -> list[ProcessRecor
         router_address = f"{host}:{settings.router_port}"
         router_config = _router_config(settings, repository)
         router = _switchyard("router", "serve", "--config", str(router_config))
-        start("router", router, router_address, lambda: _router_serving(router_address))
+        with RouterClient(router_address, timeout_s=2.0, retries=0) as probe:
+            start("router", router, router_address, lambda: _serving(probe))
         for task in TASKS:
             _first_batch(settings, task, redis.url, say)
         if prometheus is not None:

@@ -106,6 +106,6 @@ def test_every_policy_round_trips_through_the_wire_enum() -> None:
 def test_a_response_with_an_undefined_route_is_refused() -> None:
     for route in Route:
         message = contract.PredictResponse(label="x", route=contract.route_to_wire(route))
-        assert contract.answer_from_message(message)[0].route is route
+        assert contract.prediction_from_message(message).route is route
     with pytest.raises(ValueError, match="unknown route 0"):
-        contract.answer_from_message(contract.PredictResponse(label="x"))
+        contract.prediction_from_message(contract.PredictResponse(label="x"))
