@@ -1,6 +1,6 @@
 """The offline batch job's two rates: teacher rows/s and Redis keys/s, against their baselines.
 
-    python -m bench.batch_job --build build [--task topic] [--keys 100000] [--rows 512]
+    python -m bench.batch_job --build build [--task TASK] [--keys 100000] [--rows 512]
 
 Starts its own redis-server on a free loopback port. The write baseline is what any Python
 job would do: pipelined SETs with a TTL, 1000 per round trip, with values of the same size.
@@ -25,9 +25,10 @@ from rich.table import Table
 
 from services.batch.store import GenerationStore
 from services.batch.teacher import TeacherInfo
+from services.contracts.build_layout import BuildLayout
 from services.contracts.cache_schema import CachedPrediction, text_hash
 from services.contracts.text import normalize_text
-from services.pipeline.datasets import load_task
+from services.pipeline.datasets import load_splits
 from services.processes.redis_server import RedisServer
 
 _TTL_SECONDS = 3600
@@ -70,8 +71,10 @@ def writer_per_second(
     return len(values) / (time.perf_counter() - started)
 
 
-def teacher_rows_per_second(info: TeacherInfo, rows: int) -> float:
-    texts = [normalize_text(e.text) for e in load_task(info.task).examples[:rows]]
+def teacher_rows_per_second(info: TeacherInfo, layout: BuildLayout, rows: int) -> float:
+    examples = load_splits(layout.stage_dir(info.task, "data"))
+    every = [*examples.train, *examples.validation, *examples.test]
+    texts = [normalize_text(e.text) for e in every[:rows]]
     labeller = info.labeller(batch_size=32)
     labeller.label(texts[:32])  # warm-up
     started = time.perf_counter()
@@ -81,11 +84,19 @@ def teacher_rows_per_second(info: TeacherInfo, rows: int) -> float:
 
 def main(
     build: Annotated[Path, typer.Option(help="Build folder of `switchyard models build`.")],
-    task: Annotated[str, typer.Option(help="Task whose teacher is timed.")] = "topic",
+    task: Annotated[
+        str | None, typer.Option(help="Task whose teacher is timed [the build's first].")
+    ] = None,
     keys: Annotated[int, typer.Option(help="Keys written per write measurement.")] = 100_000,
     rows: Annotated[int, typer.Option(help="Texts the teacher labels.")] = 512,
     out: Annotated[Path | None, typer.Option(help="Write results JSON here.")] = None,
 ) -> None:
+    layout = BuildLayout(build)
+    report = layout.read_report()
+    if task is None:
+        if report is None or not report.tasks:
+            raise SystemExit(f"no finished build at {build}; run `switchyard models build`")
+        task = sorted(report.tasks)[0]
     info = TeacherInfo.read(build, task)
     values = prediction_values(keys, info.labels)
     with tempfile.TemporaryDirectory() as scratch, RedisServer(Path(scratch)) as server:
@@ -105,7 +116,7 @@ def main(
             raise SystemExit(f"the writer lost {len(absent)} keys")
     serialise = serialisations_per_second(keys, info.labels)
     # The teacher runs last: torch's worker threads would otherwise share the cores.
-    teacher = teacher_rows_per_second(info, rows)
+    teacher = teacher_rows_per_second(info, layout, rows)
     results: dict[str, Any] = {
         "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count()},
         "keys": keys,

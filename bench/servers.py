@@ -1,7 +1,7 @@
 """Baseline gRPC servers for `switchyard bench`, each in its own process like the router.
 
     python -m bench.servers floor --port P --redis-url URL
-    python -m bench.servers teacher --port P --build DIR --task topic
+    python -m bench.servers teacher --port P --build DIR --task TASK
 
 `floor` is the least any Python gRPC cache service can do: the router's own contract, one
 Redis GET per request, no validation, no metrics. `teacher` is what a user would deploy
@@ -78,7 +78,7 @@ def floor(port: Annotated[int, typer.Option()], redis_url: Annotated[str, typer.
 def teacher(
     port: Annotated[int, typer.Option()],
     build: Annotated[Path, typer.Option()],
-    task: Annotated[str, typer.Option()] = "topic",
+    task: Annotated[str, typer.Option()],
 ) -> None:
     asyncio.run(_serve(TeacherServicer(build, task), port))
 

@@ -43,10 +43,10 @@ from services.processes.ports import free_port
 from services.processes.redis_server import RedisServer
 from services.processes.supervisor import ChildProcess, ProcessRecord, StartFailed
 from services.stack.processes import StateFile
+from services.stack.samples import sample_queries
 
 __all__ = ["BenchOptions", "run_bench"]
 
-_TASK = "topic"
 _VERSIONS_OF = (
     "grpcio", "redis", "tritonclient", "nvidia-pytriton", "onnxruntime", "tokenizers", "torch",
     "transformers",
@@ -76,7 +76,7 @@ Latencies are client-side (gRPC round trip included). `bench-results/` also hold
 class BenchOptions:
     state_dir: Path
     build_dir: Path
-    queries_dir: Path
+    task: str
     out_dir: Path
     quick: bool
     report: Path | None = None
@@ -136,19 +136,16 @@ def _stack(state_dir: Path) -> dict[str, ProcessRecord]:
 
 
 def _texts(options: BenchOptions) -> tuple[list[str], list[str]]:
-    """Cached sample queries, and test-split texts the cache does not hold."""
-    queries = (options.queries_dir / f"{_TASK}.jsonl").read_text(encoding="utf-8")
-    cached = [json.loads(line)["text"] for line in queries.splitlines()]
-    test = BuildLayout(options.build_dir).split_file(_TASK, "test").read_text(encoding="utf-8")
-    unseen = [json.loads(line)["text"][:600] for line in test.splitlines()[:64]]
-    return cached, unseen
+    """The sample queries the stack cached, and test-split texts the cache does not hold."""
+    samples = sample_queries(BuildLayout(options.build_dir), options.task)
+    return samples.cached, [text[:600] for text in samples.unseen[:64]]
 
 
 def _predict(
-    client: AsyncRouterClient, texts: list[str], policy: Policy = Policy.AUTO
+    client: AsyncRouterClient, task: str, texts: list[str], policy: Policy = Policy.AUTO
 ) -> Call[object]:
     async def call(index: int) -> object:
-        return await client.predict(_TASK, texts[index % len(texts)], policy=policy)
+        return await client.predict(task, texts[index % len(texts)], policy=policy)
 
     return call
 
@@ -184,18 +181,20 @@ async def _measure(options: BenchOptions, say: Callable[[str], None]) -> dict[st
     router_meter = _CpuMeter([stack["router"].pid, stack["redis"].pid, stack["triton"].pid])
     triton_meter = _CpuMeter([stack["triton"].pid])
 
-    cache_route = _predict(router, cached)
-    model_route = _predict(router, unseen, Policy.MODEL_ONLY)
+    cache_route = _predict(router, options.task, cached)
+    model_route = _predict(router, options.task, unseen, Policy.MODEL_ONLY)
 
     repository = BuildLayout(options.build_dir).model_repository
     student = StudentClient(stack["triton"].address, repository, 10.0, [16, 32, 64, 128])
-    await student.load([_TASK])
-    served = student.model(_TASK)
+    await student.load([options.task])
+    served = student.model(options.task)
     encoded = [student.encode(served, [text]) for text in unseen]
     triton = triton_aio.InferenceServerClient(stack["triton"].address)
 
     async def direct_triton(i: int) -> object:
-        return await triton.infer(_TASK, encoded[i % len(encoded)], model_version=served.version)
+        return await triton.infer(
+            options.task, encoded[i % len(encoded)], model_version=served.version
+        )
 
     raw = redis_aio.Redis.from_url(redis_url)
     await raw.mset({f"bench:floor:{text}": "business" for text in cached})
@@ -203,7 +202,7 @@ async def _measure(options: BenchOptions, say: Callable[[str], None]) -> dict[st
     async def raw_get(i: int) -> object:
         return await raw.get(f"bench:floor:{cached[i % len(cached)]}")
 
-    onnx = OnnxTextClassifier.of_version(ModelVersion.of(repository, _TASK, served.version))
+    onnx = OnnxTextClassifier.of_version(ModelVersion.of(repository, options.task, served.version))
 
     async def onnx_in_process(i: int) -> object:
         return onnx.logits([unseen[i % len(unseen)]])
@@ -212,7 +211,10 @@ async def _measure(options: BenchOptions, say: Callable[[str], None]) -> dict[st
     seconds = options.seconds
     floor_port, teacher_port = free_port(), free_port()
     floor_argv = ["floor", "--port", str(floor_port), "--redis-url", redis_url]
-    teacher_argv = ["teacher", "--port", str(teacher_port), "--build", str(options.build_dir)]
+    teacher_argv = [
+        "teacher", "--port", str(teacher_port), "--build", str(options.build_dir),
+        "--task", options.task,
+    ]  # fmt: skip
     logs = options.out_dir / "logs"
     with (
         _child_server(floor_argv, logs) as floor_pid,
@@ -221,7 +223,8 @@ async def _measure(options: BenchOptions, say: Callable[[str], None]) -> dict[st
         floor = AsyncRouterClient(f"127.0.0.1:{floor_port}", timeout_s=None, retries=0)
         teacher = AsyncRouterClient(f"127.0.0.1:{teacher_port}", timeout_s=None, retries=0)
 
-        floor_call, teacher_call = _predict(floor, cached), _predict(teacher, unseen)
+        floor_call = _predict(floor, options.task, cached)
+        teacher_call = _predict(teacher, options.task, unseen)
         floor_meter = _CpuMeter([floor_pid, stack["redis"].pid])
         say("batch-1 latency of every path")
         single = [
@@ -265,14 +268,15 @@ async def _measure(options: BenchOptions, say: Callable[[str], None]) -> dict[st
 
 def _batch_rates(options: BenchOptions, say: Callable[[str], None]) -> dict[str, Any]:
     say("batch job: teacher rows/s and Redis keys/s")
-    info = TeacherInfo.read(options.build_dir, _TASK)
+    info = TeacherInfo.read(options.build_dir, options.task)
     keys = 20_000 if options.quick else 100_000
     values = batch_job.prediction_values(keys, info.labels)
     with tempfile.TemporaryDirectory() as scratch, RedisServer(Path(scratch)) as server:
         client: redis.Redis = server.client()
         pipelined = batch_job.pipelined_sets_per_second(client, values)
         writer = batch_job.writer_per_second(GenerationStore(client, "bench", 3600), "g", values)
-    rows = batch_job.teacher_rows_per_second(info, 64 if options.quick else 256)
+    layout = BuildLayout(options.build_dir)
+    rows = batch_job.teacher_rows_per_second(info, layout, 64 if options.quick else 256)
     return {"keys": keys, "pipelined_sets_keys_per_s": pipelined, "writer_keys_per_s": writer,
             "teacher_rows_per_s": rows}  # fmt: skip
 
@@ -320,7 +324,7 @@ def _markdown(results: dict[str, Any]) -> str:
     lines = [
         f"Run {results['started_at']} on {machine['cpu']} ({machine['cores']} cores), "
         f"Python {machine['python']}, {'quick' if results['quick'] else 'full'} run, "
-        f"{results['seconds_per_phase']:g} s per phase, task `{_TASK}`.",
+        f"{results['seconds_per_phase']:g} s per phase, task `{results['task']}`.",
         "",
         "Versions: " + ", ".join(f"{k} {v}" for k, v in results["versions"].items()) + ".",
         "",
@@ -403,6 +407,7 @@ def run_bench(options: BenchOptions, say: Callable[[str], None]) -> dict[str, An
         ratio["reached"] = _reached(ratio["value"], ratio["target"])
     results = {
         "started_at": started_at,
+        "task": options.task,
         "quick": options.quick,
         "seconds_per_phase": options.seconds,
         "machine": {

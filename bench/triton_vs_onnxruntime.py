@@ -1,6 +1,6 @@
 """Triton against onnxruntime in-process, for the same student model and the same inputs.
 
-    python -m bench.triton_vs_onnxruntime --repository build/model_repository [--task topic]
+    python -m bench.triton_vs_onnxruntime --repository build/model_repository [--task TASK]
 
 Starts its own Triton on free loopback ports, measures batch-1 latency (p50/p99) of both
 paths, then closed-loop throughput through Triton at several client concurrencies, with the
@@ -24,7 +24,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from services.contracts.model_repository import latest_version
+from services.contracts.model_repository import latest_version, model_names
 from services.pipeline.onnx_classifier import OnnxTextClassifier
 from services.processes.ports import free_port
 from services.triton.server import TritonServer, TritonSettings
@@ -111,12 +111,19 @@ def _batch_counts(port: int, task: str) -> tuple[int, int]:
 
 def main(
     repository: Annotated[Path, typer.Option(help="Model repository to serve.")],
-    task: Annotated[str, typer.Option(help="Model (task) to measure.")] = "topic",
+    task: Annotated[
+        str | None, typer.Option(help="Model (task) to measure [the repository's first].")
+    ] = None,
     seconds: Annotated[float, typer.Option(help="Seconds per measurement.")] = 5.0,
     concurrency: Annotated[str, typer.Option(help="Client counts for throughput.")] = "1,8,32",
     threads: Annotated[int, typer.Option(help="onnxruntime threads in-process.")] = 2,
     out: Annotated[Path | None, typer.Option(help="Write results JSON here.")] = None,
 ) -> None:
+    if task is None:
+        models = model_names(repository)
+        if not models:
+            raise SystemExit(f"no model in {repository}")
+        task = models[0]
     files = latest_version(repository, task)
     local = OnnxTextClassifier.of_version(files, threads=threads)
     inputs = [local.encode([text]) for text in SAMPLE_TEXTS]

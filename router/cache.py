@@ -160,13 +160,24 @@ class PredictionCache:
         self._breaker.record(ok=True)
         return result
 
+    async def follow(self, namespaces: Iterable[str]) -> None:
+        """Follow these namespaces' generations from now on (the router's task set changed)."""
+        added = set(namespaces) - set(self._namespaces)
+        self._namespaces = sorted(set(namespaces))
+        if added:
+            with contextlib.suppress(DependencyUnavailable):
+                await self.refresh_generations()
+
     async def refresh_generations(self) -> None:
+        namespaces = list(self._namespaces)
+        if not namespaces:
+            return
         values = await self._call(
             "MGET generation",
             self._timeout_s,
-            self._client.mget([generation_key(n) for n in self._namespaces]),
+            self._client.mget([generation_key(n) for n in namespaces]),
         )
-        for namespace, value in zip(self._namespaces, values, strict=True):
+        for namespace, value in zip(namespaces, values, strict=True):
             if value is not None:
                 await self._switch(namespace, value.decode())
 

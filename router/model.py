@@ -82,6 +82,11 @@ class StudentClient:
     def model(self, name: str) -> ServedModel:
         return self._models[name]
 
+    @property
+    def loaded(self) -> set[str]:
+        """The models `load` has loaded."""
+        return set(self._models)
+
     async def close(self) -> None:
         await self._client.close()
 

@@ -49,23 +49,38 @@ class Router:
     def __init__(
         self,
         settings: RouterSettings,
+        tasks: dict[str, TaskSettings],
         cache: PredictionCache,
         student: Student,
         metrics: RouterMetrics,
     ) -> None:
         self._settings = settings
+        self._tasks = dict(tasks)
         self._cache = cache
         self._student = student
         self._metrics = metrics
         self._background: set[asyncio.Task[None]] = set()
 
+    @property
+    def tasks(self) -> dict[str, TaskSettings]:
+        return self._tasks
+
+    @property
+    def metrics(self) -> RouterMetrics:
+        return self._metrics
+
+    def use_tasks(self, tasks: dict[str, TaskSettings]) -> None:
+        """Serve this task set from the next request on; every model it names is loaded.
+        One assignment: a request sees either the old set or the new one."""
+        self._tasks = dict(tasks)
+
     def serves(self, task: str) -> bool:
-        return task in self._settings.tasks
+        return task in self._tasks
 
     def describe_tasks(self) -> list[TaskInfo]:
         """Every task, in name order, with the version and generation that answer it now."""
         described = []
-        for name, settings in sorted(self._settings.tasks.items()):
+        for name, settings in sorted(self._tasks.items()):
             model = self._student.model(settings.model)
             described.append(
                 TaskInfo(
@@ -81,12 +96,12 @@ class Router:
         return described
 
     def task_settings(self, task: str) -> TaskSettings:
-        if task not in self._settings.tasks:
-            known = ", ".join(sorted(self._settings.tasks))
+        if task not in self._tasks:
+            known = ", ".join(sorted(self._tasks))
             # Clipped: the status details travel in a header, and a name can be megabytes.
             shown = task if len(task) <= 64 else f"{task[:64]}..."
             raise InvalidRequest(f"unknown task {shown!r}; known tasks: {known}")
-        return self._settings.tasks[task]
+        return self._tasks[task]
 
     def _validate(self, task: str, texts: Sequence[str], min_confidence: float) -> TaskSettings:
         settings = self.task_settings(task)

@@ -1,5 +1,6 @@
 """Wiring: build the router from its settings, serve gRPC (with health and reflection) and
-Prometheus metrics, keep health honest, and shut down gracefully on SIGTERM or SIGINT."""
+Prometheus metrics, keep health honest, follow the repository's task set (and re-read it on
+SIGHUP), and shut down gracefully on SIGTERM or SIGINT."""
 
 import asyncio
 import contextlib
@@ -19,7 +20,8 @@ from router.metrics import RouterMetrics
 from router.model import StudentClient
 from router.routing import Router
 from router.servicer import RouterServicer, add_router_to_server
-from router.settings import RouterSettings
+from router.settings import RouterSettings, TaskSettings
+from router.tasks import read_tasks, repository_state
 from router.tls import server_credentials
 from services.contracts.redis_connection import async_client
 
@@ -30,15 +32,15 @@ _SERVING = health_pb2.HealthCheckResponse.SERVING
 _NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
 
-def prediction_cache(settings: RouterSettings) -> PredictionCache:
-    """The cache route as the settings describe it (not started)."""
+def prediction_cache(settings: RouterSettings, tasks: dict[str, TaskSettings]) -> PredictionCache:
+    """The cache route of these tasks as the settings describe it (not started)."""
     connect_timeout = max(settings.redis_timeout_ms / 1000, 0.5)
     client: redis.Redis = async_client(
         settings, cluster=settings.redis_cluster, socket_connect_timeout=connect_timeout
     )
     return PredictionCache(
         client,
-        sorted({task.cache_namespace for task in settings.tasks.values()}),
+        sorted({task.cache_namespace for task in tasks.values()}),
         timeout_s=settings.redis_timeout_ms / 1000,
         breaker=CircuitBreaker(settings.breaker_failures, settings.breaker_reset_seconds),
         stream_max_len=settings.misses_stream_max_len,
@@ -58,14 +60,15 @@ def student_client(settings: RouterSettings) -> StudentClient:
 
 async def _watch_health(
     settings: RouterSettings,
+    router: Router,
     cache: PredictionCache,
     student: StudentClient,
     health_servicer: health.aio.HealthServicer,
     metrics: RouterMetrics,
 ) -> None:
     """Report each dependency, and overall SERVING while at least one route can answer."""
-    models = sorted({task.model for task in settings.tasks.values()})
     while True:
+        models = sorted({task.model for task in router.tasks.values()})
         redis_up, triton_up = await asyncio.gather(cache.ping(), student.is_ready(models))
         for name, up in (("redis", redis_up), ("triton", triton_up)):
             metrics.dependency_up.labels(name).set(1 if up else 0)
@@ -95,6 +98,75 @@ def _grpc_server(
     return server
 
 
+def _export_generation_ages(
+    metrics: RouterMetrics, cache: PredictionCache, tasks: dict[str, TaskSettings]
+) -> None:
+    for task, task_settings in tasks.items():
+        metrics.generation_age.labels(task).set_function(
+            functools.partial(cache.generation_age, task_settings.cache_namespace)
+        )
+
+
+async def _apply_tasks(
+    settings: RouterSettings, router: Router, cache: PredictionCache, student: StudentClient
+) -> bool:
+    """Move the router to the repository's task set; True when every task of it is served.
+
+    A new task joins only once its model is loaded here and Triton reports it ready, so no
+    request is sent to a model Triton does not serve yet; it is tried again at the next poll.
+    """
+    wanted = read_tasks(settings).tasks
+    usable = {}
+    for name, task in wanted.items():
+        if task.model not in student.loaded:
+            if not await student.is_ready([task.model]):
+                continue
+            try:
+                await student.load([task.model])
+            except Exception as exc:  # a broken version folder must not stop the router
+                _log.warning("task %r is not served: model %r: %s", name, task.model, exc)
+                continue
+        usable[name] = task
+    if usable != router.tasks:
+        await cache.follow(task.cache_namespace for task in usable.values())
+        _export_generation_ages(router.metrics, cache, usable)
+        added = sorted(set(usable) - set(router.tasks))
+        removed = sorted(set(router.tasks) - set(usable))
+        router.use_tasks(usable)
+        _log.info(
+            "serving tasks %s (added %s, removed %s)",
+            ", ".join(sorted(usable)) or "none",
+            ", ".join(added) or "none",
+            ", ".join(removed) or "none",
+        )
+    return usable == wanted
+
+
+async def _follow_tasks(
+    settings: RouterSettings,
+    router: Router,
+    cache: PredictionCache,
+    student: StudentClient,
+    nudged: asyncio.Event,
+) -> None:
+    """Re-read the task set when the repository changes, on SIGHUP, and while a new task
+    waits for its model."""
+    state = repository_state(settings.model_repository)
+    complete = True
+    while True:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(nudged.wait(), settings.task_poll_seconds)
+        now = repository_state(settings.model_repository)
+        if now != state or nudged.is_set() or not complete:
+            nudged.clear()
+            state = now
+            try:
+                complete = await _apply_tasks(settings, router, cache, student)
+            except Exception:  # keep the current tasks; the next poll tries again
+                _log.exception("could not reload the task set")
+                complete = False
+
+
 async def _cancel(task: "asyncio.Task[None]") -> None:
     task.cancel()
     with contextlib.suppress(asyncio.CancelledError):
@@ -109,17 +181,19 @@ async def serve(settings: RouterSettings, ready: asyncio.Event | None = None) ->
     registry = CollectorRegistry()
     metrics = RouterMetrics(registry)
     async with contextlib.AsyncExitStack() as resources:
+        found = read_tasks(settings)
+        if not found.tasks:
+            reasons = "; ".join(found.problems) or f"{settings.model_repository} holds no model"
+            raise ValueError(f"no task to serve: {reasons}")
+        tasks = found.tasks
         student = student_client(settings)
         resources.push_async_callback(student.close)
-        await student.load(sorted({task.model for task in settings.tasks.values()}))
-        cache = prediction_cache(settings)
+        await student.load(sorted({task.model for task in tasks.values()}))
+        cache = prediction_cache(settings, tasks)
         await cache.start()
         resources.push_async_callback(cache.close)
-        for task, task_settings in settings.tasks.items():
-            metrics.generation_age.labels(task).set_function(
-                functools.partial(cache.generation_age, task_settings.cache_namespace)
-            )
-        router = Router(settings, cache, student, metrics)
+        _export_generation_ages(metrics, cache, tasks)
+        router = Router(settings, tasks, cache, student, metrics)
         resources.push_async_callback(router.drain)
         server = _grpc_server(settings, router, metrics)
         health_servicer = health.aio.HealthServicer()
@@ -139,17 +213,23 @@ async def serve(settings: RouterSettings, ready: asyncio.Event | None = None) ->
         )
         resources.callback(metrics_thread.join, timeout=2)
         resources.callback(metrics_server.shutdown)
-        stopping = asyncio.Event()
+        stopping, nudged = asyncio.Event(), asyncio.Event()
         loop = asyncio.get_running_loop()
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(signum, stopping.set)
+        for signum, event in (
+            (signal.SIGTERM, stopping),
+            (signal.SIGINT, stopping),
+            (signal.SIGHUP, nudged),
+        ):
+            loop.add_signal_handler(signum, event.set)
             resources.callback(loop.remove_signal_handler, signum)
         await server.start()
         resources.push_async_callback(server.stop, 0)
         health_task = asyncio.create_task(
-            _watch_health(settings, cache, student, health_servicer, metrics)
+            _watch_health(settings, router, cache, student, health_servicer, metrics)
         )
         resources.push_async_callback(_cancel, health_task)
+        tasks_watch = asyncio.create_task(_follow_tasks(settings, router, cache, student, nudged))
+        resources.push_async_callback(_cancel, tasks_watch)
         _log.info("router listening on %s, metrics on :%d", address, settings.metrics_port)
         if ready is not None:
             ready.set()

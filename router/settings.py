@@ -1,9 +1,10 @@
 """The router's settings: one typed object from a YAML file, with environment overrides.
 
 Environment variables win over the file: SWITCHYARD_ROUTER_REDIS_URL, and for nested
-values SWITCHYARD_ROUTER_TASKS__TOPIC__CONFIDENCE_THRESHOLD. Credentials belong in the
-environment (SWITCHYARD_ROUTER_REDIS_PASSWORD, or a Redis URL that carries one), never in the
-file: `load_settings` refuses a file that holds a password.
+values SWITCHYARD_ROUTER_TASKS__<TASK>__CONFIDENCE_THRESHOLD. The tasks themselves come
+from the model repository (`router.tasks`); `tasks:` here only overrides their settings.
+Credentials belong in the environment (SWITCHYARD_ROUTER_REDIS_PASSWORD, or a Redis URL that
+carries one), never in the file: `load_settings` refuses a file that holds a password.
 """
 
 from pathlib import Path
@@ -11,13 +12,13 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from services.contracts.readable_file import ReadableFile
 from services.contracts.redis_connection import RedisSettings
 
-__all__ = ["RouterSettings", "TaskSettings", "load_settings"]
+__all__ = ["RouterSettings", "TaskOverride", "TaskSettings", "load_settings"]
 
 # Settings that name a file: a relative path in the YAML file is relative to that file.
 _PATHS = (
@@ -32,12 +33,25 @@ _PATHS = (
 
 
 class TaskSettings(BaseModel):
+    """One served task, as the model card and the overrides resolve it (`router.tasks`)."""
+
     model_config = ConfigDict(frozen=True)
 
     model: str = Field(description="Triton model serving the task's student")
-    cache_namespace: str = Field("", description="Redis namespace; defaults to the task name")
+    cache_namespace: str = Field(description="Redis namespace; the task name unless set")
     confidence_threshold: float = Field(0.6, ge=0.0, le=1.0)
     max_text_length: int = Field(4000, gt=0, description="characters")
+
+
+class TaskOverride(BaseModel):
+    """What the router's settings may change about a task; unset values keep the card's."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    model: str | None = Field(None, description="Triton model [the task name]")
+    cache_namespace: str | None = None
+    confidence_threshold: float | None = Field(None, ge=0.0, le=1.0)
+    max_text_length: int | None = Field(None, gt=0, description="characters")
 
 
 class RouterSettings(RedisSettings, BaseSettings):
@@ -49,7 +63,7 @@ class RouterSettings(RedisSettings, BaseSettings):
         env_prefix="SWITCHYARD_ROUTER_", env_nested_delimiter="__", frozen=True
     )
 
-    tasks: dict[str, TaskSettings]
+    tasks: dict[str, TaskOverride] = Field(default_factory=dict)
     model_repository: Path
     redis_cluster: bool = False
     redis_timeout_ms: float = Field(50.0, gt=0)
@@ -64,6 +78,9 @@ class RouterSettings(RedisSettings, BaseSettings):
     length_buckets: list[int] = Field(default_factory=lambda: [16, 32, 64, 128])
     misses_stream_max_len: int = Field(100_000, gt=0)
     generation_poll_seconds: float = Field(30.0, gt=0)
+    task_poll_seconds: float = Field(
+        2.0, gt=0, description="how often the model repository is checked for task changes"
+    )
     health_poll_seconds: float = Field(1.0, gt=0)
     breaker_failures: int = Field(3, gt=0)
     breaker_reset_seconds: float = Field(2.0, gt=0)
@@ -74,18 +91,6 @@ class RouterSettings(RedisSettings, BaseSettings):
     tls_cert_file: ReadableFile | None = None
     tls_key_file: ReadableFile | None = None
     tls_client_ca_file: ReadableFile | None = None
-
-    @field_validator("tasks")
-    @classmethod
-    def _default_namespaces(cls, tasks: dict[str, TaskSettings]) -> dict[str, TaskSettings]:
-        if not tasks:
-            raise ValueError("at least one task is required")
-        return {
-            name: task
-            if task.cache_namespace
-            else task.model_copy(update={"cache_namespace": name})
-            for name, task in tasks.items()
-        }
 
     @model_validator(mode="after")
     def _tls_files(self) -> "RouterSettings":

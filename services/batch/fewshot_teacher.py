@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from services.batch.labels import Labelled
+from services.contracts.build_report import PromptRecord
 from services.pipeline import assets
 from services.prompts.classifier import FewShotClassifier
 from services.prompts.evaluate import PromptSettings, TaskData, load_template
@@ -31,6 +32,7 @@ class FewShotTeacher:
     seed: int
     labels: list[str]
     pool: list[tuple[str, str]]
+    prompt: PromptRecord
     prompt_hash: str
     llm_version: str
     settings: PromptSettings
@@ -51,9 +53,18 @@ class FewShotTeacher:
         with assets.smollm2_gguf().open("rb") as handle:
             llm_version = hashlib.file_digest(handle, "sha256").hexdigest()[:12]
         # The batch job prompts in the plain format, whose hash needs no model loaded.
-        prompt_hash = PromptTemplate(task, data.labels).digest
+        prompt_hash = PromptTemplate(data.prompt, data.labels).digest
         return cls(
-            task, shots, selection, seed, data.labels, data.pool, prompt_hash, llm_version, settings
+            task,
+            shots,
+            selection,
+            seed,
+            data.labels,
+            data.pool,
+            data.prompt,
+            prompt_hash,
+            llm_version,
+            settings,
         )
 
     @property
@@ -97,7 +108,7 @@ class FewShotLabeller:
         settings = teacher.settings
         llm = PromptedLLM.load(settings.cache_dir, settings.threads)
         self._classifier = FewShotClassifier(
-            llm, load_template(llm, teacher.task, teacher.labels, "plain")
+            llm, load_template(llm, teacher.prompt, teacher.labels, "plain")
         )
 
     def label(self, texts: Sequence[str]) -> list[Labelled]:

@@ -1,7 +1,9 @@
-"""Texts for the offline batch job: JSONL, CSV or plain-text files, and the router's misses.
+"""Texts for the offline batch job: JSONL, CSV, text or Parquet files, and the router's misses.
 
 A bad row (invalid JSON, no text, not UTF-8, too long) is counted under its reason and
-skipped; only a file that cannot be read at all (missing, binary, no text column) is an error.
+skipped; only a file that cannot be read at all (missing, binary, not Parquet, no text column)
+is an error. Parquet is read a record batch at a time, only the text column, through pyarrow,
+which is imported only when a Parquet file is read.
 Texts are normalised with the router's own function and deduplicated by their cache hash.
 """
 
@@ -19,12 +21,14 @@ from services.contracts.text import normalize_text
 
 __all__ = ["FORMATS", "InputFormat", "TextSet", "format_of", "parse_format", "read_file"]
 
-InputFormat = Literal["jsonl", "csv", "text"]
+InputFormat = Literal["jsonl", "csv", "text", "parquet"]
 FORMATS: dict[str, InputFormat] = {
     ".jsonl": "jsonl",
     ".ndjson": "jsonl",
     ".csv": "csv",
     ".txt": "text",
+    ".parquet": "parquet",
+    ".pq": "parquet",
 }
 # How much of a file is searched for a NUL byte, the sign of a binary (unreadable) file.
 _BINARY_PROBE_BYTES = 8192
@@ -79,13 +83,17 @@ def format_of(path: Path, forced: InputFormat | None) -> InputFormat:
     known = ", ".join(FORMATS)
     raise BatchError(
         f"cannot tell the format of {path} from its suffix ({known}); "
-        "pass --format jsonl, csv or text"
+        "pass --format jsonl, csv, text or parquet"
     )
 
 
 def read_file(path: Path, file_format: InputFormat, text_field: str, into: TextSet) -> None:
     """Add every row of `path` to `into`; BatchError when the file cannot be read at all."""
     try:
+        if file_format == "parquet":
+            # Parquet is binary by design, so the NUL probe of the text formats does not apply.
+            _read_parquet(path, text_field, into)
+            return
         with path.open("rb") as handle:
             if b"\0" in handle.read(_BINARY_PROBE_BYTES):
                 raise BatchError(f"{path} is a binary file, not {file_format} text")
@@ -151,3 +159,31 @@ def _read_csv(path: Path, lines: Iterable[str], text_field: str, into: TextSet) 
             into.skip(f"no {text_field!r} value")
         else:
             into.add(value)
+
+
+def _read_parquet(path: Path, text_field: str, into: TextSet) -> None:
+    # Imported here so that importing this module (and the CLI) does not load pyarrow.
+    import pyarrow.parquet as pq
+    from pyarrow.lib import ArrowException
+
+    # Opened by Python, so a missing file or a folder is reported as for the other formats.
+    with path.open("rb") as handle:
+        try:
+            parquet = pq.ParquetFile(handle)
+            columns: list[str] = parquet.schema_arrow.names
+            if text_field not in columns:
+                raise BatchError(
+                    f"{path} has no column {text_field!r} "
+                    f"(columns: {', '.join(columns) or 'none'}); pass --text-field"
+                )
+            for batch in parquet.iter_batches(columns=[text_field]):
+                for value in batch.column(0).to_pylist():
+                    if value is None:
+                        into.skip(f"no {text_field!r} value")
+                    else:
+                        into.add(value)
+        except (ArrowException, OSError) as exc:
+            # pyarrow's I/O errors are OSErrors without a strerror; its messages may run on.
+            lines = str(exc).strip().splitlines()
+            reason = lines[0].strip() if lines else type(exc).__name__
+            raise BatchError(f"cannot read {path} as Parquet: {reason}") from None

@@ -29,7 +29,7 @@ def run(
     task: Annotated[str, typer.Option(help="Task whose teacher labels the texts.")],
     inputs: Annotated[
         list[Path] | None,
-        typer.Option("--input", help="JSONL, CSV or text file of texts (repeatable)."),
+        typer.Option("--input", help="JSONL, CSV, text or Parquet file of texts (repeatable)."),
     ] = None,
     include_misses: Annotated[
         bool, typer.Option(help="Also label the texts the router queued as misses.")
@@ -48,9 +48,9 @@ def run(
     ] = None,
     namespace: Annotated[str, typer.Option(help="Cache namespace [the task].")] = "",
     input_format: Annotated[
-        str | None, typer.Option("--format", help="jsonl, csv or text [from the suffix].")
+        str | None, typer.Option("--format", help="jsonl, csv, text or parquet [from the suffix].")
     ] = None,
-    text_field: Annotated[str, typer.Option(help="JSONL field or CSV column.")] = "text",
+    text_field: Annotated[str, typer.Option(help="JSONL field or CSV/Parquet column.")] = "text",
     batch_size: Annotated[int | None, typer.Option(help="Texts per teacher pass [32].")] = None,
     write_every: Annotated[
         int | None, typer.Option(help="Texts labelled between writes [512].")

@@ -101,36 +101,53 @@ def _print_report(report: "BuildReport") -> None:
 @app.command("build")
 def build(
     out: Annotated[Path, typer.Option(help="Output folder for the build and model repository.")],
-    profile: Annotated[str, typer.Option(help="Build profile: quick or full.")] = "quick",
-    tasks: Annotated[str, typer.Option(help="Comma-separated tasks.")] = "topic,sentiment",
+    task_files: Annotated[
+        list[Path] | None,
+        typer.Option("--task-file", help="A task file (YAML) to build; repeatable."),
+    ] = None,
+    tasks: Annotated[
+        str | None,
+        typer.Option(help="Comma-separated shipped tasks [all shipped, without --task-file]."),
+    ] = None,
+    profile: Annotated[str, typer.Option(help="Budget preset: quick or full.")] = "quick",
     seed: Annotated[
         int, typer.Option(help="Seed for splits, sampling and training.")
     ] = DEFAULT_SEED,
     precision: Annotated[
-        str, typer.Option(help="Served precision: auto (int8 if it keeps accuracy), int8, fp32.")
-    ] = "auto",
+        str | None,
+        typer.Option(help="Served precision for every task: auto, int8, fp32 [task file]."),
+    ] = None,
     max_train: Annotated[int | None, typer.Option(help="Override: training examples.")] = None,
     max_eval: Annotated[int | None, typer.Option(help="Override: validation/test cap.")] = None,
     teacher_steps: Annotated[int | None, typer.Option(help="Override: teacher steps.")] = None,
     student_steps: Annotated[int | None, typer.Option(help="Override: student steps.")] = None,
 ) -> None:
-    """Build teacher and student for each task and publish OUT/model_repository."""
-    from services.pipeline.errors import PipelineError
-    from services.pipeline.profiles import get_profile, parse_precision
+    """Check each task's data, build its teacher and student, publish OUT/model_repository.
 
+    Tasks already in OUT that are not named again stay as they were."""
+    from services.pipeline.errors import PipelineError
+    from services.pipeline.task_file import parse_precision, shipped_task_file, shipped_tasks
+
+    overrides: dict[str, dict[str, int]] = {"data": {}, "teacher": {}, "student": {}}
+    for section, key, value in (
+        ("data", "max_train", max_train),
+        ("data", "max_validation", max_eval),
+        ("data", "max_test", max_eval),
+        ("teacher", "steps", teacher_steps),
+        ("student", "steps", student_steps),
+    ):
+        if value is not None:
+            overrides[section][key] = value
     try:
-        requested = parse_precision(precision)
-        chosen = get_profile(profile).with_overrides(
-            max_train=max_train,
-            max_eval=max_eval,
-            teacher_steps=teacher_steps,
-            student_steps=student_steps,
-        )
+        requested = None if precision is None else parse_precision(precision)
+        names = [] if tasks is None else [name.strip() for name in tasks.split(",")]
+        if tasks is None and not task_files:
+            names = shipped_tasks()
+        files = [shipped_task_file(name) for name in names if name] + list(task_files or [])
         # Torch and the training stack load only here, so serving commands stay light.
         from services.pipeline.build import BuildOptions, build_models
 
-        task_list = [task.strip() for task in tasks.split(",") if task.strip()]
-        report = build_models(BuildOptions(out, chosen, task_list, seed, requested))
+        report = build_models(BuildOptions(out, profile, files, seed, requested, overrides))
     except PipelineError as exc:
         raise fail(str(exc)) from None
     _print_report(report)

@@ -86,7 +86,7 @@ def check(
 
 def predict(
     texts: Annotated[list[str], typer.Argument(help="Texts to classify.")],
-    task: Annotated[str, typer.Option(help="Task name.")] = "topic",
+    task: Annotated[str, typer.Option(help="Task name (`switchyard router check` lists them).")],
     policy: Annotated[str, typer.Option(help="auto, cache_only or model_only.")] = "auto",
     address: Annotated[str, typer.Option(help="Router address.")] = "127.0.0.1:50051",
     timeout: Annotated[float, typer.Option(help="Deadline in seconds.")] = 5.0,

@@ -108,6 +108,9 @@ def demo(
     state_dir: Annotated[
         Path | None, typer.Option(help="State folder of `up` [.switchyard].")
     ] = None,
+    build: Annotated[
+        Path | None, typer.Option(help="Build whose test splits give the texts [build].")
+    ] = None,
     timeout: Annotated[float, typer.Option(help="Deadline per request in seconds.")] = 5.0,
     tls_ca_file: ClientTlsCaFile = None,
     tls_cert_file: ClientTlsCertFile = None,
@@ -116,11 +119,12 @@ def demo(
 ) -> None:
     """Send a few requests of each route to the router and print answers, routes and latencies."""
     from router.client import RequestError
+    from services.contracts.build_layout import BuildLayout
     from services.stack.demo import run_demo
     from services.stack.errors import StackError
     from services.stack.processes import StateFile
 
-    settings = stack_settings({"state_dir": state_dir})
+    settings = stack_settings({"state_dir": state_dir, "build_dir": build})
     if address is None:
         try:
             recorded = StateFile(settings.state_dir).load()
@@ -132,7 +136,7 @@ def demo(
         address = routers[0].address
     tls = tls_config(tls_ca_file, tls_cert_file, tls_key_file, tls_server_name)
     try:
-        answers = run_demo(address, settings.queries_dir, timeout, tls)
+        answers = run_demo(address, BuildLayout(settings.build_dir), timeout, tls)
     except (OSError, ValueError) as exc:
         raise fail(f"demo: {exc}") from None
     except RequestError as exc:

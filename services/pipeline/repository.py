@@ -13,40 +13,36 @@ from pathlib import Path
 from google.protobuf.message import Message
 from tritonclient.grpc import model_config_pb2 as mc
 
+from services.contracts.build_report import ServingRecord
 from services.contracts.model_io import OUTPUT_NAME
 
 __all__ = ["publish_directory", "student_config"]
-
-_PREFERRED_BATCH_SIZES = (4, 8, 16, 32, 64)
 
 
 def student_config(
     name: str,
     input_names: list[str],
     num_labels: int,
-    max_batch_size: int,
-    max_queue_delay_us: int = 500,
-    instances: int = 1,
+    serving: ServingRecord,
     intra_op_threads: int = 2,
 ) -> Message:
-    """Config for a student ONNX model: int64 token inputs of any length, float32 logits."""
+    """Config for a student ONNX model: int64 token inputs of any length, float32 logits,
+    batched and replicated as the task's serving settings say."""
     config = mc.ModelConfig(
         name=name,
         platform="onnxruntime_onnx",
-        max_batch_size=max_batch_size,
+        max_batch_size=serving.max_batch_size,
         input=[
             mc.ModelInput(name=input_name, data_type=mc.TYPE_INT64, dims=[-1])
             for input_name in input_names
         ],
         output=[mc.ModelOutput(name=OUTPUT_NAME, data_type=mc.TYPE_FP32, dims=[num_labels])],
         dynamic_batching=mc.ModelDynamicBatching(
-            preferred_batch_size=[
-                size for size in _PREFERRED_BATCH_SIZES if size <= max_batch_size
-            ],
-            max_queue_delay_microseconds=max_queue_delay_us,
+            preferred_batch_size=serving.batch_sizes(),
+            max_queue_delay_microseconds=serving.max_queue_delay_us,
         ),
         instance_group=[
-            mc.ModelInstanceGroup(count=instances, kind=mc.ModelInstanceGroup.KIND_CPU)
+            mc.ModelInstanceGroup(count=serving.instances, kind=mc.ModelInstanceGroup.KIND_CPU)
         ],
     )
     config.parameters["intra_op_thread_count"].string_value = str(intra_op_threads)

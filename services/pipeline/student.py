@@ -1,4 +1,6 @@
-"""The distilled model: paraphrase-MiniLM-L3 trained on the teacher's soft labels."""
+"""The distilled model, trained on the teacher's soft labels. Its starting point is the
+packaged paraphrase-MiniLM-L3, a local Hugging Face model folder, or the tuned teacher's
+first layers."""
 
 from pathlib import Path
 
@@ -7,12 +9,21 @@ import numpy.typing as npt
 import onnx
 import torch
 from onnx import numpy_helper
-from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
+from transformers import (
+    AutoConfig,
+    AutoModelForSequenceClassification,
+    AutoTokenizer,
+    BertConfig,
+    BertForSequenceClassification,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
 
 from services.contracts.build_report import StudentTraining
 from services.pipeline import assets
 from services.pipeline.datasets import Example
-from services.pipeline.profiles import BuildProfile, TaskBudget
+from services.pipeline.errors import PipelineError
+from services.pipeline.task_file import PACKAGED_STUDENT, StudentSpec
 from services.pipeline.training import count_parameters, encode, train_loop
 
 __all__ = ["distill_student", "load_l3_encoder_weights"]
@@ -62,9 +73,7 @@ def _l3_student(labels: list[str]) -> BertForSequenceClassification:
         num_attention_heads=12,
         intermediate_size=1536,
         max_position_embeddings=512,
-        num_labels=len(labels),
-        id2label=dict(enumerate(labels)),
-        label2id={label: i for i, label in enumerate(labels)},
+        **_label_maps(labels),
     )
     model = BertForSequenceClassification(config)
     encoder_weights = load_l3_encoder_weights(assets.paraphrase_minilm_l3_onnx())
@@ -75,31 +84,66 @@ def _l3_student(labels: list[str]) -> BertForSequenceClassification:
     return model
 
 
+def _label_maps(labels: list[str]) -> dict[str, object]:
+    return {
+        "num_labels": len(labels),
+        "id2label": dict(enumerate(labels)),
+        "label2id": {label: i for i, label in enumerate(labels)},
+    }
+
+
+def _starting_point(
+    spec: StudentSpec, labels: list[str], teacher_dir: Path
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase, str]:
+    """The untrained student, its tokenizer, and the name its report gives its base."""
+    if spec.teacher_layers is not None:
+        layers = AutoConfig.from_pretrained(teacher_dir).num_hidden_layers
+        if spec.teacher_layers >= layers:
+            raise PipelineError(
+                f"student.teacher_layers is {spec.teacher_layers}, but the teacher has only "
+                f"{layers} layers"
+            )
+        # Loading with fewer layers keeps the embeddings, the first layers and the head.
+        model = AutoModelForSequenceClassification.from_pretrained(
+            teacher_dir, num_hidden_layers=spec.teacher_layers
+        )
+        name = f"teacher's first {spec.teacher_layers} layers"
+        return model, AutoTokenizer.from_pretrained(teacher_dir), name
+    if spec.base == PACKAGED_STUDENT:
+        # paraphrase-MiniLM-L3 shares the uncased BERT vocabulary of all-MiniLM-L6.
+        tokenizer = AutoTokenizer.from_pretrained(assets.minilm_l6_dir())
+        return _l3_student(labels), tokenizer, PACKAGED_STUDENT
+    base = Path(spec.base)
+    model = AutoModelForSequenceClassification.from_pretrained(
+        base, ignore_mismatched_sizes=True, **_label_maps(labels)
+    )
+    return model, AutoTokenizer.from_pretrained(base), base.name
+
+
 def distill_student(
     labels: list[str],
     train: list[Example],
     teacher_train_logits: npt.NDArray[np.float32],
     validation: list[Example],
-    profile: BuildProfile,
-    budget: TaskBudget,
+    spec: StudentSpec,
+    max_length: int,
+    teacher_dir: Path,
     seed: int,
     out_dir: Path,
     description: str,
 ) -> StudentTraining:
     """Knowledge distillation: KL to the teacher's softened distribution, mixed with hard labels."""
     torch.manual_seed(seed)
-    # paraphrase-MiniLM-L3 shares the uncased BERT vocabulary of all-MiniLM-L6.
-    tokenizer = AutoTokenizer.from_pretrained(assets.minilm_l6_dir())
-    tokenizer.model_max_length = budget.max_length
-    model = _l3_student(labels)
-    temperature = profile.distill_temperature
-    hard_weight = profile.hard_label_weight
+    model, tokenizer, base_name = _starting_point(spec, labels, teacher_dir)
+    tokenizer.model_max_length = max_length
+    temperature = spec.temperature
+    hard_weight = spec.hard_label_weight
     texts = [example.text for example in train]
     targets = torch.tensor([example.label for example in train])
     soft_targets = torch.softmax(torch.from_numpy(teacher_train_logits) / temperature, dim=-1)
 
     def loss_for(indices: list[int]) -> torch.Tensor:
-        batch = encode(tokenizer, [texts[i] for i in indices], budget.max_length)
+        batch = encode(tokenizer, [texts[i] for i in indices], max_length)
         logits = model(**batch).logits
         soft = torch.nn.functional.kl_div(
             torch.log_softmax(logits / temperature, dim=-1),
@@ -115,18 +159,18 @@ def distill_student(
         len(train),
         loss_for,
         validation,
-        max_length=budget.max_length,
-        steps=budget.student_steps,
-        batch_size=profile.batch_size,
-        learning_rate=profile.student_learning_rate,
+        max_length=max_length,
+        steps=spec.steps,
+        batch_size=spec.batch_size,
+        learning_rate=spec.learning_rate,
         seed=seed,
-        evaluations=profile.evaluations_during_training,
+        evaluations=spec.evaluations,
         description=description,
     )
     model.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
     return StudentTraining(
-        base_model="paraphrase-MiniLM-L3-v2",
+        base_model=base_name,
         params=count_parameters(model),
         temperature=temperature,
         hard_label_weight=hard_weight,

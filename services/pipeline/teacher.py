@@ -9,16 +9,28 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer, PreT
 
 from services.contracts.build_report import LoraSummary, TeacherTraining
 from services.pipeline.datasets import Example
-from services.pipeline.profiles import BuildProfile, TaskBudget
+from services.pipeline.errors import PipelineError
+from services.pipeline.task_file import TeacherSpec
 from services.pipeline.training import count_parameters, encode, train_loop
 
-__all__ = ["load_classifier", "train_teacher"]
+__all__ = ["default_target_modules", "load_classifier", "train_teacher"]
 
 # LoRA goes on the attention projections (query, key, value, output), as in the LoRA paper.
 _ATTENTION_MODULES = {
     "bert": r".*attention\.(self\.(query|key|value)|output\.dense)",
     "mpnet": r".*attention\.attn\.(q|k|v|o)",
 }
+
+
+def default_target_modules(model_type: str) -> str:
+    """The attention projections of a known encoder; PipelineError for other model types."""
+    if model_type not in _ATTENTION_MODULES:
+        known = ", ".join(sorted(_ATTENTION_MODULES))
+        raise PipelineError(
+            f"no default LoRA target modules for model type {model_type!r} (known: {known}); "
+            "set teacher.target_modules in the task file"
+        )
+    return _ATTENTION_MODULES[model_type]
 
 
 def load_classifier(model_dir: Path) -> tuple[PreTrainedModel, Any]:
@@ -33,8 +45,7 @@ def train_teacher(
     labels: list[str],
     train: list[Example],
     validation: list[Example],
-    profile: BuildProfile,
-    budget: TaskBudget,
+    spec: TeacherSpec,
     seed: int,
     out_dir: Path,
     description: str,
@@ -50,10 +61,10 @@ def train_teacher(
     )
     lora = LoraConfig(
         task_type=TaskType.SEQ_CLS,
-        r=profile.lora_rank,
-        lora_alpha=profile.lora_alpha,
-        lora_dropout=profile.lora_dropout,
-        target_modules=_ATTENTION_MODULES[base.config.model_type],
+        r=spec.lora_rank,
+        lora_alpha=spec.lora_alpha,
+        lora_dropout=spec.lora_dropout,
+        target_modules=spec.target_modules or default_target_modules(base.config.model_type),
     )
     model = get_peft_model(base, lora)
     trainable_params, all_params = model.get_nb_trainable_parameters()
@@ -61,7 +72,7 @@ def train_teacher(
     targets = torch.tensor([example.label for example in train])
 
     def loss_for(indices: list[int]) -> torch.Tensor:
-        batch = encode(tokenizer, [texts[i] for i in indices], budget.max_length)
+        batch = encode(tokenizer, [texts[i] for i in indices], spec.max_length)
         logits = model(**batch).logits
         return torch.nn.functional.cross_entropy(logits, targets[indices])
 
@@ -71,12 +82,12 @@ def train_teacher(
         len(train),
         loss_for,
         validation,
-        max_length=budget.max_length,
-        steps=budget.teacher_steps,
-        batch_size=profile.batch_size,
-        learning_rate=profile.teacher_learning_rate,
+        max_length=spec.max_length,
+        steps=spec.steps,
+        batch_size=spec.batch_size,
+        learning_rate=spec.learning_rate,
         seed=seed,
-        evaluations=profile.evaluations_during_training,
+        evaluations=spec.evaluations,
         description=description,
     )
     merged = cast(PreTrainedModel, model.merge_and_unload())
@@ -88,7 +99,7 @@ def train_teacher(
         trainable_params=trainable_params,
         trainable_fraction=trainable_params / all_params,
         lora=LoraSummary(r=lora.r, alpha=lora.lora_alpha, target_modules=lora.target_modules),
-        max_length=budget.max_length,
+        max_length=spec.max_length,
         steps=summary.steps,
         best_step=summary.best_step,
         validation_accuracy=summary.best_validation_accuracy,

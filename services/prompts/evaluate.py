@@ -1,9 +1,10 @@
 """`switchyard prompts eval`: accuracy and macro-F1 of the prompted LLM per shot count, on a
 fixed sample of a task's test split, beside the distilled student on the same sample.
 
-The split is the model build's (its seed from `build/report.json`), so the sample holds no
-text the student trained on. The LLM sees each text clipped to `max_chars`; the student sees
-the whole text, truncated by its own tokenizer as in serving.
+The split is the model build's own (`work/<task>/data/test.jsonl`), so the sample holds no
+text the student trained on; shots come from its training split when the task file allows.
+The LLM sees each text clipped to `max_chars`; the student sees the whole text, truncated by
+its own tokenizer as in serving.
 """
 
 import random
@@ -17,10 +18,10 @@ from typing import Any
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from services.contracts.build_layout import DEFAULT_SEED, BuildLayout
+from services.contracts.build_layout import BuildLayout
+from services.contracts.build_report import PromptRecord
 from services.contracts.model_repository import latest_version
-from services.pipeline.datasets import Example, load_task, split_examples, stratified_sample
-from services.pipeline.errors import PipelineError
+from services.pipeline.datasets import Example, load_splits, stratified_sample
 from services.pipeline.evaluate import classification_metrics
 from services.prompts.classifier import FewShotClassifier
 from services.prompts.errors import PromptError
@@ -57,6 +58,7 @@ class PromptEvalOptions:
 @dataclass(frozen=True)
 class TaskData:
     labels: list[str]
+    prompt: PromptRecord
     test: list[Example]
     pool: list[tuple[str, str]]
 
@@ -64,20 +66,35 @@ class TaskData:
     def load(
         cls, task: str, build_dir: Path, n: int, seed: int, settings: PromptSettings
     ) -> "TaskData":
+        """A task of the build: its labels, prompt, a test sample and the example pool."""
+        layout = BuildLayout(build_dir)
         try:
-            loaded = load_task(task)
-        except PipelineError as exc:
-            raise PromptError(str(exc)) from None
-        try:
-            report = BuildLayout(build_dir).read_report()
+            report = layout.read_report()
         except ValueError as exc:
-            raise PromptError(f"{exc}; the test split depends on its seed") from None
-        splits = split_examples(loaded.examples, DEFAULT_SEED if report is None else report.seed)
-        pool = _sample(splits.train, settings.pool_size, seed, len(loaded.labels))
+            raise PromptError(str(exc)) from None
+        if report is None or task not in report.tasks:
+            known = ", ".join(sorted(report.tasks)) if report else "none"
+            raise PromptError(
+                f"task {task!r} is not in the build at {build_dir} (tasks: {known}); "
+                "build it with `switchyard models build`"
+            )
+        built = report.tasks[task]
+        try:
+            splits = load_splits(layout.stage_dir(task, "data"))
+        except (OSError, ValueError, TypeError):
+            raise PromptError(
+                f"the data splits of {task!r} in {build_dir} are missing or unreadable; "
+                "rebuild the task"
+            ) from None
+        labels = built.labels
+        pool = _sample(splits.train, settings.pool_size, seed, len(labels))
         return cls(
-            labels=loaded.labels,
-            test=_sample(splits.test, n, seed, len(loaded.labels)),
-            pool=[(clip(e.text, settings.max_chars), loaded.labels[e.label]) for e in pool],
+            labels=labels,
+            prompt=built.prompt,
+            test=_sample(splits.test, n, seed, len(labels)),
+            pool=[(clip(e.text, settings.max_chars), labels[e.label]) for e in pool]
+            if built.prompt.few_shot_pool
+            else [],
         )
 
 
@@ -89,7 +106,7 @@ def _sample(examples: list[Example], n: int, seed: int, classes: int) -> list[Ex
 
 
 def load_template(
-    llm: PromptedLLM, task: str, labels: list[str], prompt_format: PromptFormat
+    llm: PromptedLLM, prompt: PromptRecord, labels: list[str], prompt_format: PromptFormat
 ) -> PromptTemplate:
     def chat(messages: list[dict[str, str]], add_generation_prompt: bool) -> str:
         return str(
@@ -99,7 +116,7 @@ def load_template(
         )
 
     return PromptTemplate(
-        task,
+        prompt,
         labels,
         prompt_format,
         chat=chat if llm.has_chat_template else None,
@@ -118,10 +135,11 @@ def evaluate_prompts(
     if max(options.shots) > len(data.pool):
         raise PromptError(
             f"{max(options.shots)} shots asked for, but the example pool holds only "
-            f"{len(data.pool)} examples (SWITCHYARD_PROMPTS_POOL_SIZE)"
+            f"{len(data.pool)} examples (SWITCHYARD_PROMPTS_POOL_SIZE; none when the task "
+            "file sets prompts.few_shot_pool: false)"
         )
     llm = PromptedLLM.load(settings.cache_dir, settings.threads)
-    template = load_template(llm, options.task, data.labels, options.prompt_format)
+    template = load_template(llm, data.prompt, data.labels, options.prompt_format)
     classifier = FewShotClassifier(llm, template)
     texts = [clip(example.text, settings.max_chars) for example in data.test]
     truth = [example.label for example in data.test]

@@ -1,4 +1,5 @@
-"""Classification prompts in the `input: label` format, zero-, one- or few-shot.
+"""Classification prompts in the `input: label` format, zero-, one- or few-shot. The
+instruction and the answer's field name come from the task file (`prompts:`), e.g.:
 
     Classify the sentiment of each text as one of: negative, neutral, positive.
 
@@ -21,6 +22,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
+from services.contracts.build_report import PromptRecord
 from services.prompts.errors import PromptError
 
 __all__ = ["FORMATS", "PromptFormat", "PromptTemplate", "Rendered", "clip", "parse_format"]
@@ -29,10 +31,6 @@ PromptFormat = Literal["plain", "chat"]
 FORMATS: tuple[PromptFormat, ...] = ("plain", "chat")
 ChatRenderer = Callable[[list[dict[str, str]], bool], str]
 
-_INSTRUCTIONS = {
-    "topic": ("Classify the topic of each news text as one of: {labels}.", "topic"),
-    "sentiment": ("Classify the sentiment of each text as one of: {labels}.", "sentiment"),
-}
 _EXAMPLE = "\n\ntext: {text}\n{field}: {label}"
 _QUERY = "\n\ntext: {text}\n{field}:"
 _SPACES = re.compile(r"\s+")
@@ -66,19 +64,17 @@ class Rendered:
 class PromptTemplate:
     def __init__(
         self,
-        task: str,
+        prompt: PromptRecord,
         labels: Sequence[str],
         prompt_format: PromptFormat = "plain",
         chat: ChatRenderer | None = None,
         chat_template: str = "",
     ) -> None:
-        if task not in _INSTRUCTIONS:
-            raise PromptError(f"no prompt for task {task!r}; known: {', '.join(_INSTRUCTIONS)}")
         if prompt_format == "chat" and chat is None:
             raise PromptError("the chat format needs a model with a chat template")
-        instruction, self.field = _INSTRUCTIONS[task]
+        self.field = prompt.answer_field
         self.labels = list(labels)
-        self.instruction = instruction.format(labels=", ".join(self.labels))
+        self.instruction = prompt.instruction.format(labels=", ".join(self.labels))
         self.prompt_format = prompt_format
         self._chat = chat
         self._chat_template = chat_template if prompt_format == "chat" else ""

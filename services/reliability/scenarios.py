@@ -38,7 +38,6 @@ __all__ = [
     "triton_outage",
 ]
 
-TASK = "topic"
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
 
@@ -70,11 +69,11 @@ class Corpus:
 
     @classmethod
     def publish(cls, bed: Testbed, size: int = 32) -> "Corpus":
-        labels = task_labels(bed.repository, TASK)
+        labels = task_labels(bed.repository, bed.task)
         cached = [f"reliability check {i}: parliament debates the budget" for i in range(size)]
         uncached = [f"uncached text {i} about a cup final and its fans" for i in range(size)]
         answers = {text: labels[i % len(labels)] for i, text in enumerate(cached)}
-        publish_generation(bed.redis.client(), TASK, labels, answers)
+        publish_generation(bed.redis.client(), bed.task, labels, answers)
         return cls(cached, uncached, labels)
 
 
@@ -83,7 +82,7 @@ def _codes(outcomes: Sequence[Outcome]) -> dict[str, int]:
 
 
 def _traffic(bed: Testbed, texts: Sequence[str], **plan: object) -> Traffic:
-    return Traffic(bed.router.address, TrafficPlan(TASK, texts, **plan))  # type: ignore[arg-type]
+    return Traffic(bed.router.address, TrafficPlan(bed.task, texts, **plan))  # type: ignore[arg-type]
 
 
 def _first(outcomes: Sequence[Outcome], after: float, good: Callable[[Outcome], bool]) -> float:
@@ -203,7 +202,7 @@ def generation_flips(bed: Testbed, corpus: Corpus, flips: int = 12) -> ScenarioR
         for flip in range(flips):
             label = corpus.labels[flip % len(corpus.labels)]
             generation = publish_generation(
-                client, TASK, corpus.labels, dict.fromkeys(corpus.cached, label)
+                client, bed.task, corpus.labels, dict.fromkeys(corpus.cached, label)
             )
             label_of[generation] = label
             time.sleep(0.5)
@@ -365,7 +364,7 @@ def router_sigterm(bed: Testbed, corpus: Corpus) -> ScenarioResult:
 def malformed_cache_values(bed: Testbed, corpus: Corpus) -> ScenarioResult:
     """Corrupted and foreign values under current keys: misses (model route), counted."""
     client = bed.redis.client()
-    generation = client.get(generation_key(TASK))
+    generation = client.get(generation_key(bed.task))
     assert isinstance(generation, bytes), "the testbed has no generation"
     values: list[bytes] = [
         b"", b"not json", b"\xff\xfe\x00", b"[]", b"{}", b"null", b"[" * 10_000,
@@ -378,15 +377,15 @@ def malformed_cache_values(bed: Testbed, corpus: Corpus) -> ScenarioResult:
     ]  # fmt: skip
     victims = corpus.cached[: len(values)]
     for text, value in zip(victims, values, strict=True):
-        client.set(prediction_key(TASK, generation.decode(), text), value, ex=3600)
-    before = _metric(bed, "switchyard_cache_malformed_values_total", TASK)
+        client.set(prediction_key(bed.task, generation.decode(), text), value, ex=3600)
+    before = _metric(bed, "switchyard_cache_malformed_values_total", bed.task)
     outcomes: list[Outcome] = []
     with bed.router.client() as router:
         for text in victims:
             started = time.monotonic()
-            answer = router.predict(TASK, text)
+            answer = router.predict(bed.task, text)
             outcomes.append(Outcome(started, time.monotonic(), "OK", routes=(answer.route.value,)))
-    counted = _metric(bed, "switchyard_cache_malformed_values_total", TASK) - before
+    counted = _metric(bed, "switchyard_cache_malformed_values_total", bed.task) - before
     return ScenarioResult(
         name="malformed-cache-values",
         fault=f"{len(values)} cached values replaced by corrupted or foreign ones (empty, not "
@@ -419,7 +418,7 @@ def bad_input(bed: Testbed, requests: int = 400, seed: int = 7) -> ScenarioResul
         raw_predict = channel.unary_unary(f"/{contract.SERVICE}/Predict")
         raw_batch = channel.unary_unary(f"/{contract.SERVICE}/PredictBatch")
         for index in range(requests):
-            payload, call = _junk(rng, index), raw_predict if index % 2 else raw_batch
+            payload, call = _junk(rng, index, bed.task), raw_predict if index % 2 else raw_batch
             started = time.monotonic()
             try:
                 call(payload, timeout=10)
@@ -446,7 +445,7 @@ def bad_input(bed: Testbed, requests: int = 400, seed: int = 7) -> ScenarioResul
     )
 
 
-def _junk(rng: random.Random, index: int) -> bytes:
+def _junk(rng: random.Random, index: int, task: str) -> bytes:
     """One malformed or hostile request body, PredictRequest or PredictBatchRequest shaped."""
     kind = index % 8
     alphabet = "ab \t\n\r\x00\x07\u200f\u202e\u0301\ufeff\U0001f600é\u4e2d"
@@ -455,25 +454,26 @@ def _junk(rng: random.Random, index: int) -> bytes:
     if kind == 0:
         return rng.randbytes(rng.randint(1, 64))
     if kind == 1:  # a string field holding invalid UTF-8 (a CESU-8 lone surrogate)
-        return b"\x0a\x05topic\x12\x03\xed\xa0\x80"
+        name = task.encode()
+        return b"\x0a" + bytes([len(name)]) + name + b"\x12\x03\xed\xa0\x80"
     if kind == 2:
-        message = contract.PredictRequest(task="topic", text="x" * 100_000)
+        message = contract.PredictRequest(task=task, text="x" * 100_000)
     elif kind == 3:
         message = contract.PredictRequest(task=text, text=text)
     elif kind == 4:
-        message = contract.PredictRequest(task="topic", text=text or "x")
+        message = contract.PredictRequest(task=task, text=text or "x")
         message.policy = rng.choice([4, 99, -1])
     elif kind == 5:
         confidence = rng.choice([float("nan"), 2.0, -1.0])
-        message = contract.PredictRequest(task="sentiment", text=text, min_confidence=confidence)
+        message = contract.PredictRequest(task=task, text=text, min_confidence=confidence)
     elif kind == 6 and index % 16 == 14:  # over the message size limit (4 MiB by default)
-        message = contract.PredictRequest(task="topic", text="x" * (5 << 20))
+        message = contract.PredictRequest(task=task, text="x" * (5 << 20))
     elif kind == 6:
         count = rng.choice([0, 9, 1000])
-        message = contract.PredictBatchRequest(task="topic", texts=[text or "x"] * count)
+        message = contract.PredictBatchRequest(task=task, texts=[text or "x"] * count)
     else:  # junk in front of a valid message
         prefix = rng.randbytes(rng.randint(1, 8))
-        message = contract.PredictRequest(task="topic", text=text)
+        message = contract.PredictRequest(task=task, text=text)
         return prefix + bytes(message.SerializeToString())
     serialized: bytes = message.SerializeToString()
     return serialized

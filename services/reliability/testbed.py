@@ -22,7 +22,7 @@ from services.contracts.cache_schema import (
     generation_key,
     prediction_key,
 )
-from services.contracts.model_repository import latest_version
+from services.contracts.model_repository import latest_version, model_names
 from services.processes.ports import free_port
 from services.processes.redis_server import RedisServer
 from services.processes.supervisor import ChildProcess, StartFailed
@@ -77,10 +77,6 @@ class RouterProcess:
             "health_poll_seconds": 0.2,
             "breaker_reset_seconds": 0.5,
             "max_batch_texts": 8,
-            "tasks": {
-                "topic": {"model": "topic", "max_text_length": 500},
-                "sentiment": {"model": "sentiment", "max_text_length": 280},
-            },
         }
         self.settings = settings | overrides
         self.config.write_text(yaml.safe_dump(self.settings))
@@ -156,6 +152,11 @@ class Testbed:
         } | router_overrides
         self.directory = directory
         self.repository = repository
+        models = model_names(repository)
+        if not models:
+            raise ValueError(f"the model repository {repository} holds no model")
+        self.task = models[0]
+        """The task the scenarios exercise: the repository's first model."""
         self.redis = RedisServer(directory, persistent=True)
         self.triton_settings = TritonSettings(
             repository=repository,

@@ -1,19 +1,18 @@
-"""`switchyard demo`: a few requests of each route against a running router, with latencies."""
+"""`switchyard demo`: a few requests of each route against a running router, with latencies.
 
-import json
+The texts are each task's sample queries (`services.stack.samples`): two the first batch run
+cached, a case and spacing variant of one of them (the same cache entry), and two uncached
+ones, which the student on Triton answers.
+"""
+
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 from router.client import RouterClient, TlsConfig
+from services.contracts.build_layout import BuildLayout
+from services.stack.samples import sample_queries
 
 __all__ = ["DemoAnswer", "run_demo"]
-
-# Texts no sample query file holds, so the router must ask the student on Triton.
-_UNSEEN = {
-    "topic": ["The chip maker unveiled a faster graphics card", "Voters head to the polls today"],
-    "sentiment": ["What a lovely surprise this morning", "The train was late and crowded again"],
-}
 
 
 @dataclass(frozen=True)
@@ -27,23 +26,25 @@ class DemoAnswer:
     client_ms: float
 
 
-def _requests(queries_dir: Path, task: str) -> list[str]:
-    lines = (queries_dir / f"{task}.jsonl").read_text(encoding="utf-8").splitlines()
-    cached = [json.loads(line)["text"] for line in lines[:2]]
+def _requests(layout: BuildLayout, task: str) -> list[str]:
+    samples = sample_queries(layout, task)
+    cached = samples.cached[:2]
     # A case and spacing variant of a cached query hits the same cache entry.
-    return [*cached, "  " + cached[0].upper() + "  ", *_UNSEEN[task]]
+    return [*cached, "  " + cached[0].upper() + "  ", *samples.unseen[:2]]
 
 
 def run_demo(
-    address: str, queries_dir: Path, timeout_s: float, tls: TlsConfig | None = None
+    address: str, layout: BuildLayout, timeout_s: float, tls: TlsConfig | None = None
 ) -> list[DemoAnswer]:
-    """RequestError when the router refuses a request."""
+    """Every task the router serves and the build holds. RequestError when the router
+    refuses a request; OSError when the build lacks a task's test split."""
+    built = layout.read_report()
     answers = []
     with RouterClient(address, tls=tls, timeout_s=timeout_s) as client:
         for task in [info.task for info in client.list_tasks()]:
-            if task not in _UNSEEN:
+            if built is None or task not in built.tasks:
                 continue
-            for text in _requests(queries_dir, task):
+            for text in _requests(layout, task):
                 started = time.perf_counter()
                 answer = client.predict(task, text)
                 answers.append(

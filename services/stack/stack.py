@@ -5,6 +5,7 @@
 anything, and stops what it started if a later step fails, so it never leaves half a stack.
 """
 
+import json
 import shutil
 import socket
 import subprocess
@@ -26,10 +27,9 @@ from services.stack.errors import StackError
 from services.stack.health import http_ok
 from services.stack.processes import StateFile
 from services.stack.prometheus import local_config
+from services.stack.samples import sample_queries
 
 __all__ = ["StackError", "StackSettings", "down", "up"]
-
-TASKS = ("topic", "sentiment")
 
 
 def _package_file(package: str, name: str) -> Path:
@@ -55,7 +55,6 @@ class StackSettings(BaseSettings):
     scrape_interval_seconds: float = Field(5.0, gt=0)
     ready_timeout_seconds: float = Field(180.0, gt=0)
     stop_grace_seconds: float = Field(15.0, gt=0)
-    queries_dir: Path = Field(default_factory=lambda: _package_file("services.stack", "queries"))
     router_config: Path = Field(default_factory=lambda: _package_file("router", "config.yaml"))
 
     def ports(self) -> dict[str, int]:
@@ -93,15 +92,29 @@ def _check_ports(settings: StackSettings, with_prometheus: bool) -> None:
                 ) from None
 
 
-def _ensure_models(settings: StackSettings, say: Callable[[str], None]) -> Path:
-    repository = BuildLayout(settings.build_dir).model_repository
-    if all((repository / task / CONFIG_FILE).is_file() for task in TASKS):
-        return repository
-    say(f"no models in {settings.build_dir}: building the quick profile first (about 6 min)")
+def _built_tasks(layout: BuildLayout) -> list[str]:
+    """The tasks of the build whose model is in its repository."""
+    try:
+        report = layout.read_report()
+    except ValueError as exc:
+        raise StackError(str(exc)) from None
+    if report is None:
+        return []
+    repository = layout.model_repository
+    return [task for task in sorted(report.tasks) if (repository / task / CONFIG_FILE).is_file()]
+
+
+def _ensure_models(settings: StackSettings, say: Callable[[str], None]) -> list[str]:
+    """The build's tasks; with no build yet, the shipped tasks are built first."""
+    layout = BuildLayout(settings.build_dir)
+    tasks = _built_tasks(layout)
+    if tasks:
+        return tasks
+    say(f"no models in {settings.build_dir}: building the shipped tasks, quick profile (6 min)")
     build = _switchyard("models", "build", "--profile", "quick", "--out", str(settings.build_dir))
     if subprocess.run(build, check=False).returncode != 0:
         raise StackError("the model build failed; see its output above")
-    return repository
+    return _built_tasks(layout)
 
 
 def _router_config(settings: StackSettings, repository: Path) -> Path:
@@ -135,7 +148,9 @@ def up(settings: StackSettings, say: Callable[[str], None]) -> list[ProcessRecor
         raise StackError(f"a stack is already running ({pids}); run `switchyard down` first")
     prometheus = shutil.which("prometheus")
     _check_ports(settings, with_prometheus=prometheus is not None)
-    repository = _ensure_models(settings, say)
+    tasks = _ensure_models(settings, say)
+    layout = BuildLayout(settings.build_dir)
+    repository = layout.model_repository
     settings.state_dir.mkdir(parents=True, exist_ok=True)
     logs = settings.state_dir / "logs"
     host, timeout = settings.host, settings.ready_timeout_seconds
@@ -171,8 +186,8 @@ def up(settings: StackSettings, say: Callable[[str], None]) -> list[ProcessRecor
         router = _switchyard("router", "serve", "--config", str(router_config))
         with RouterClient(router_address, timeout_s=2.0, retries=0) as probe:
             start("router", router, router_address, lambda: _serving(probe))
-        for task in TASKS:
-            _first_batch(settings, task, redis.url, say)
+        for task in tasks:
+            fill_cache(settings, task, redis.url, say)
         if prometheus is not None:
             config = settings.state_dir / "prometheus.yml"
             config.write_text(
@@ -200,11 +215,16 @@ def up(settings: StackSettings, say: Callable[[str], None]) -> list[ProcessRecor
     return started
 
 
-def _first_batch(
+def fill_cache(
     settings: StackSettings, task: str, redis_url: str, say: Callable[[str], None]
 ) -> None:
-    """Fill the cache with the teacher's answers to the shipped sample queries."""
-    queries = settings.queries_dir / f"{task}.jsonl"
+    """Fill the cache with the teacher's answers to the task's cached sample queries."""
+    samples = sample_queries(BuildLayout(settings.build_dir), task)
+    queries = settings.state_dir / "queries" / f"{task}.jsonl"
+    queries.parent.mkdir(parents=True, exist_ok=True)
+    queries.write_text(
+        "".join(json.dumps({"text": text}) + "\n" for text in samples.cached), encoding="utf-8"
+    )
     command = _switchyard(
         "batch", "run", "--task", task, "--input", str(queries), "--build",
         str(settings.build_dir), "--redis-url", redis_url, "--no-progress",
@@ -213,7 +233,7 @@ def _first_batch(
     result = subprocess.run(command, capture_output=True, text=True, check=False)
     if result.returncode != 0:
         raise StackError(f"the first batch run of {task} failed: {result.stderr.strip()}")
-    say(f"cache filled for {task} from {queries.name}")
+    say(f"cache filled for {task} with {len(samples.cached)} sample queries")
 
 
 def down(settings: StackSettings, say: Callable[[str], None]) -> list[ProcessRecord]:

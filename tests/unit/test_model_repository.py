@@ -3,15 +3,20 @@ from pathlib import Path
 import pytest
 from tritonclient.grpc import model_config_pb2 as mc
 
+from services.contracts.build_report import ServingRecord
 from services.contracts.model_repository import parse_config, render_config
 from services.pipeline.repository import publish_directory, student_config
 
 
 def test_student_config_targets_onnxruntime_with_dynamic_batching() -> None:
-    text = render_config(student_config("topic", ["input_ids", "attention_mask"], 5, 16))
+    serving = ServingRecord(max_batch_size=16, max_queue_delay_us=300, instances=2)
+    text = render_config(student_config("topic", ["input_ids", "attention_mask"], 5, serving))
     config = parse_config(text)
     assert config.platform == "onnxruntime_onnx"
     assert config.max_batch_size == 16
+    assert [(group.count, group.kind) for group in config.instance_group] == [
+        (2, mc.ModelInstanceGroup.KIND_CPU)
+    ]
     assert [(i.name, i.data_type, list(i.dims)) for i in config.input] == [
         ("input_ids", mc.TYPE_INT64, [-1]),
         ("attention_mask", mc.TYPE_INT64, [-1]),
@@ -20,7 +25,13 @@ def test_student_config_targets_onnxruntime_with_dynamic_batching() -> None:
         ("logits", mc.TYPE_FP32, [5])
     ]
     assert list(config.dynamic_batching.preferred_batch_size) == [4, 8, 16]
-    assert 0 < config.dynamic_batching.max_queue_delay_microseconds <= 1000
+    assert config.dynamic_batching.max_queue_delay_microseconds == 300
+
+
+def test_student_config_takes_the_preferred_batch_sizes_given() -> None:
+    serving = ServingRecord(max_batch_size=64, preferred_batch_sizes=[48, 8])
+    config = student_config("intents", ["input_ids"], 3, serving)
+    assert list(config.dynamic_batching.preferred_batch_size) == [8, 48]
 
 
 @pytest.mark.parametrize(

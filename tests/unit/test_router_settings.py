@@ -26,14 +26,24 @@ def test_yaml_with_environment_overrides(tmp_path: Path, monkeypatch: pytest.Mon
     assert settings.grpc_port == 6000
     assert settings.model_repository == (tmp_path / "models").resolve()
     assert settings.tasks["topic"].confidence_threshold == 0.5
-    assert settings.tasks["topic"].cache_namespace == "topic"
+    # Unset values are left to the model card (router.tasks resolves them).
+    assert settings.tasks["topic"].cache_namespace is None
+    assert settings.tasks["topic"].max_text_length is None
+
+
+def test_environment_overrides_a_task_the_file_does_not_name(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SWITCHYARD_ROUTER_TASKS__INTENTS__CONFIDENCE_THRESHOLD", "0.8")
+    settings = load_settings(_write(tmp_path, "model_repository: models\n"))
+    assert settings.tasks["intents"].confidence_threshold == 0.8
 
 
 @pytest.mark.parametrize(
     "text",
     [
-        "model_repository: m\ntasks: {}\n",
         "model_repository: m\ntasks:\n  topic: {model: topic, confidence_threshold: 2}\n",
+        "model_repository: m\ntasks:\n  topic: {threshold: 0.5}\n",
         "model_repository: m\ngrpc_port: lots\ntasks:\n  topic: {model: topic}\n",
     ],
 )

@@ -22,6 +22,7 @@ from router.routing import Router
 from router.server import prediction_cache
 from router.servicer import RouterServicer, add_router_to_server
 from router.settings import RouterSettings
+from router.tasks import read_tasks
 from services.reliability.testbed import publish_generation
 from tests.unit.aio import run
 from tests.unit.router.fakes import LABELS, FakeStudent
@@ -91,10 +92,11 @@ async def serving(
     """The router of `settings` on a free loopback port, and a client of it (no retries)."""
     registry = CollectorRegistry()
     metrics = RouterMetrics(registry)
-    cache = prediction_cache(settings)
+    tasks = read_tasks(settings).tasks
+    cache = prediction_cache(settings, tasks)
     await cache.start()
     fake = student if student is not None else FakeStudent()
-    router = Router(settings, cache, fake, metrics)
+    router = Router(settings, tasks, cache, fake, metrics)
     server = grpc.aio.server()
     add_router_to_server(RouterServicer(router, metrics), server)
     port = server.add_insecure_port("127.0.0.1:0")

@@ -7,7 +7,7 @@ The real Triton and the real student are the integration tier's (tests/integrati
 import asyncio
 import json
 import zlib
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +19,7 @@ from tritonclient.grpc import service_pb2, service_pb2_grpc
 
 from router.answers import ModelAnswer
 from router.errors import RouterError
+from services.contracts.build_report import ServingRecord
 from services.contracts.model_repository import CARD_FILE, LABELS_FILE, TOKENIZER_FILE, ModelCard
 
 TOPIC_LABELS = ["business", "entertainment", "politics", "sports", "tech"]
@@ -75,14 +76,20 @@ class Boom(RouterError):
     """A domain error the status table does not name, to check the fallback."""
 
 
-def write_model_repository(root: Path, versions: Sequence[str] = ("1", "3")) -> Path:
-    """A repository with both tasks, each version holding a real tokenizer (word level, max
-    length 16, [PAD] = 0), its labels and a card; no model file: the router never reads it."""
+def write_model_repository(
+    root: Path,
+    versions: Sequence[str] = ("1", "3"),
+    labels_of: Mapping[str, list[str]] = LABELS,
+    serving: ServingRecord | None = None,
+) -> Path:
+    """A repository with the tasks of `labels_of`, each version holding a real tokenizer (word
+    level, max length 16, [PAD] = 0), its labels and a card (with `serving` when given); no
+    model file: the router never reads it."""
     tokenizer = Tokenizer(models.WordLevel({w: i for i, w in enumerate(VOCABULARY)}, "[UNK]"))
     tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
     tokenizer.enable_truncation(max_length=16)
     tokenizer.enable_padding(pad_id=0, pad_token="[PAD]")
-    for task, labels in LABELS.items():
+    for task, labels in labels_of.items():
         (root / task).mkdir(parents=True)
         (root / task / "config.pbtxt").write_text(f'name: "{task}"\n', encoding="utf-8")
         for version in versions:
@@ -91,7 +98,11 @@ def write_model_repository(root: Path, versions: Sequence[str] = ("1", "3")) -> 
             tokenizer.save(str(folder / TOKENIZER_FILE))
             (folder / LABELS_FILE).write_text(json.dumps(labels), encoding="utf-8")
             card = ModelCard(
-                task=task, version=version, inputs=["input_ids", "attention_mask"], max_length=16
+                task=task,
+                version=version,
+                inputs=["input_ids", "attention_mask"],
+                max_length=16,
+                serving=serving,
             )
             (folder / CARD_FILE).write_text(card.model_dump_json(), encoding="utf-8")
     return root
@@ -112,6 +123,8 @@ class FakeTriton(service_pb2_grpc.GRPCInferenceServiceServicer):
 
     def __init__(self, served_versions: Sequence[str]) -> None:
         self.served_versions = list(served_versions)
+        self.labels = dict(LABELS)
+        """The models it serves, with their labels; a test may add one."""
         self.delay_s = 0.0
         self.fail_with: grpc.StatusCode | None = None
         self.requests: list[service_pb2.ModelInferRequest] = []
@@ -119,7 +132,7 @@ class FakeTriton(service_pb2_grpc.GRPCInferenceServiceServicer):
     async def ModelMetadata(  # noqa: N802 - the RPC's name
         self, request: service_pb2.ModelMetadataRequest, context: grpc.aio.ServicerContext
     ) -> service_pb2.ModelMetadataResponse:
-        if request.name not in LABELS:
+        if request.name not in self.labels:
             await context.abort(grpc.StatusCode.NOT_FOUND, f"unknown model {request.name}")
         return service_pb2.ModelMetadataResponse(
             name=request.name, versions=self.served_versions, platform="onnxruntime_onnx"
@@ -128,7 +141,7 @@ class FakeTriton(service_pb2_grpc.GRPCInferenceServiceServicer):
     async def ModelReady(  # noqa: N802 - the RPC's name
         self, request: service_pb2.ModelReadyRequest, context: grpc.aio.ServicerContext
     ) -> service_pb2.ModelReadyResponse:
-        return service_pb2.ModelReadyResponse(ready=request.name in LABELS)
+        return service_pb2.ModelReadyResponse(ready=request.name in self.labels)
 
     async def ModelInfer(  # noqa: N802 - the RPC's name
         self, request: service_pb2.ModelInferRequest, context: grpc.aio.ServicerContext
@@ -141,7 +154,7 @@ class FakeTriton(service_pb2_grpc.GRPCInferenceServiceServicer):
         position = [tensor.name for tensor in request.inputs].index("input_ids")
         shape = list(request.inputs[position].shape)
         ids = np.frombuffer(request.raw_input_contents[position], dtype=np.int64).reshape(shape)
-        logits = fake_logits(ids, len(LABELS[request.model_name]))
+        logits = fake_logits(ids, len(self.labels[request.model_name]))
         output = service_pb2.ModelInferResponse.InferOutputTensor(
             name="logits", datatype="FP32", shape=list(logits.shape)
         )

@@ -3,6 +3,7 @@ HTTP, the model route through Triton's protocol, TLS, and the graceful SIGTERM."
 
 import asyncio
 import os
+import shutil
 import signal
 import urllib.request
 from pathlib import Path
@@ -15,6 +16,7 @@ import trustme
 from router.client import AsyncRouterClient, Policy, RequestError, Route, RouterClient, TlsConfig
 from router.server import serve
 from router.settings import RouterSettings
+from services.contracts.build_report import ServingRecord
 from services.processes.ports import free_port
 from services.processes.redis_server import RedisServer
 from services.reliability.testbed import publish_generation
@@ -183,3 +185,126 @@ def test_a_port_in_use_is_a_clear_error(tmp_path: Path, redis_server: RedisServe
         await asyncio.wait_for(server, 10)
 
     run(main)
+
+
+def test_cards_give_each_task_its_serving_settings_and_settings_override_them(
+    tmp_path: Path, redis_server: RedisServer
+) -> None:
+    serving = ServingRecord(confidence_threshold=0.8, max_text_length=12)
+
+    async def main() -> None:
+        async with serving_triton(["1"]) as (_, triton_url):
+            settings = router_settings(
+                tmp_path, redis_server.url, triton_url,
+                model_repository=write_model_repository(
+                    tmp_path / "carded", ["1"], serving=serving
+                ),
+                tasks={"sentiment": {"max_text_length": 30}},
+            )  # fmt: skip
+            server = asyncio.create_task(serve(settings, ready := asyncio.Event()))
+            await asyncio.wait_for(ready.wait(), 10)
+            address = f"127.0.0.1:{settings.grpc_port}"
+            async with AsyncRouterClient(address, retries=0) as client:
+                tasks = {info.task: info for info in await client.list_tasks()}
+                assert tasks["topic"].confidence_threshold == pytest.approx(0.8)
+                assert tasks["topic"].max_text_length == 12
+                assert tasks["sentiment"].max_text_length == 30
+                with pytest.raises(RequestError, match="the limit for task 'topic' is 12"):
+                    await client.predict("topic", "a text longer than twelve")
+            os.kill(os.getpid(), signal.SIGTERM)
+            await asyncio.wait_for(server, 10)
+
+    run(main)
+
+
+def _add_model(repository: Path, name: str, labels: list[str]) -> None:
+    """A new model folder, written aside and renamed in, as a build publishes one."""
+    scratch = write_model_repository(repository.parent / f"scratch-{name}", ["1"], {name: labels})
+    (scratch / name).rename(repository / name)
+
+
+def test_a_model_added_to_the_repository_is_served_without_failing_a_request(
+    tmp_path: Path, redis_server: RedisServer
+) -> None:
+    """The new task joins once Triton serves its model; traffic on the others never fails."""
+    new_labels = ["billing", "bug", "other"]
+
+    async def main() -> None:
+        async with serving_triton(["1"]) as (triton, triton_url):
+            # No task in the settings: the repository alone says what is served.
+            settings = router_settings(
+                tmp_path, redis_server.url, triton_url, task_poll_seconds=0.05, tasks={}
+            )
+            server = asyncio.create_task(serve(settings, ready := asyncio.Event()))
+            await asyncio.wait_for(ready.wait(), 10)
+            address = f"127.0.0.1:{settings.grpc_port}"
+            failures: list[RequestError] = []
+            answered = 0
+            stop = asyncio.Event()
+
+            async def traffic(client: AsyncRouterClient) -> None:
+                nonlocal answered
+                while not stop.is_set():
+                    try:
+                        await client.predict("topic", "the film opens", policy=Policy.MODEL_ONLY)
+                        answered += 1
+                    except RequestError as exc:
+                        failures.append(exc)
+
+            async with AsyncRouterClient(address, retries=0) as client:
+                load = asyncio.create_task(traffic(client))
+                _add_model(settings.model_repository, "intents", new_labels)
+                await asyncio.sleep(0.5)
+                # Triton does not serve it yet: the router must not offer the task.
+                assert "intents" not in [info.task for info in await client.list_tasks()]
+                triton.labels["intents"] = new_labels
+                deadline = asyncio.get_running_loop().time() + 5
+                while "intents" not in [info.task for info in await client.list_tasks()]:
+                    assert asyncio.get_running_loop().time() < deadline
+                    await asyncio.sleep(0.05)
+                answer = await client.predict("intents", "the invoice is wrong")
+                assert (answer.route, answer.label in new_labels) == (Route.MODEL, True)
+                shutil.rmtree(settings.model_repository / "sentiment")
+                while "sentiment" in [info.task for info in await client.list_tasks()]:
+                    assert asyncio.get_running_loop().time() < deadline
+                    await asyncio.sleep(0.05)
+                stop.set()
+                await load
+            assert failures == [] and answered > 0
+            os.kill(os.getpid(), signal.SIGTERM)
+            await asyncio.wait_for(server, 10)
+
+    run(main)
+
+
+def test_sighup_rereads_the_task_set_at_once(tmp_path: Path, redis_server: RedisServer) -> None:
+    async def main() -> None:
+        async with serving_triton(["1"]) as (triton, triton_url):
+            settings = router_settings(
+                tmp_path, redis_server.url, triton_url, task_poll_seconds=3600
+            )
+            server = asyncio.create_task(serve(settings, ready := asyncio.Event()))
+            await asyncio.wait_for(ready.wait(), 10)
+            address = f"127.0.0.1:{settings.grpc_port}"
+            async with AsyncRouterClient(address, retries=0) as client:
+                triton.labels["intents"] = ["billing", "bug"]
+                _add_model(settings.model_repository, "intents", ["billing", "bug"])
+                os.kill(os.getpid(), signal.SIGHUP)
+                deadline = asyncio.get_running_loop().time() + 5
+                while "intents" not in [info.task for info in await client.list_tasks()]:
+                    assert asyncio.get_running_loop().time() < deadline
+                    await asyncio.sleep(0.05)
+            os.kill(os.getpid(), signal.SIGTERM)
+            await asyncio.wait_for(server, 10)
+
+    run(main)
+
+
+def test_no_task_at_all_is_a_clear_error(tmp_path: Path, redis_server: RedisServer) -> None:
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    settings = router_settings(
+        tmp_path, redis_server.url, f"127.0.0.1:{free_port()}", model_repository=empty, tasks={}
+    )
+    with pytest.raises(ValueError, match="no task to serve"):
+        asyncio.run(serve(settings))
