@@ -26,6 +26,10 @@ TINY_BUILD_OPTIONS = [
 ]  # fmt: skip
 
 
+# Text limits below the shipped task files', so the tests can reach them with small texts.
+TASK_LIMITS = {"tasks": {"topic": {"max_text_length": 500}, "sentiment": {"max_text_length": 280}}}
+
+
 def run_switchyard(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     """Run the CLI in a child process, as a user would, and capture its output."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
@@ -137,6 +141,7 @@ def router(
         tiny_build / "model_repository",
         redis_server.url,
         triton.settings.grpc_port,
+        **TASK_LIMITS,
     )
     try:
         process.start()

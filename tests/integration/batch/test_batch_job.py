@@ -25,6 +25,7 @@ from services.contracts.cache_schema import (
 )
 from services.contracts.text import normalize_text
 from services.pipeline.datasets import load_task
+from services.pipeline.task_file import load_task_file, shipped_task_file
 from services.pipeline.teacher import load_classifier
 from services.pipeline.training import predict_logits
 from tests.integration.conftest import (
@@ -41,7 +42,8 @@ from tests.integration.router.helpers import predict, publish_generation, wait_f
 @pytest.fixture(scope="module")
 def sentiment_texts() -> list[str]:
     """Real, distinct sentiment texts short enough for the test router's limit."""
-    texts = [e.text for e in load_task("sentiment").examples if 20 <= len(e.text) <= 280]
+    source = load_task_file(shipped_task_file("sentiment"), "quick").data
+    texts = [e.text for e in load_task(source).examples if 20 <= len(e.text) <= 280]
     unique = list({normalize_text(text): text for text in texts}.values())
     return unique[:2000]
 
@@ -299,7 +301,8 @@ def test_two_shards_together_equal_one_unsharded_run(
     [
         ("missing file", "input file {tmp}/absent.jsonl does not exist"),
         ("binary file", "{tmp}/archive.jsonl is a binary file"),
-        ("unknown suffix", "cannot tell the format of {tmp}/queries.parquet"),
+        ("unknown suffix", "cannot tell the format of {tmp}/queries.xlsx"),
+        ("not parquet", "cannot read {tmp}/queries.parquet as Parquet"),
         ("no text column", "has no column 'text' (columns: id, body)"),
         ("only bad rows", "none of the 2 rows holds a usable text"),
         ("unknown task", "unknown task 'weather'; tasks built in"),
@@ -316,6 +319,7 @@ def test_bad_input_fails_clearly_and_keeps_the_generation(
     good = write_jsonl(tmp_path / "good.jsonl", ["fine text"])
     (tmp_path / "archive.jsonl").write_bytes(b"\x1f\x8b\x08\x00\x00binary")
     (tmp_path / "queries.parquet").write_bytes(b"PAR1")
+    (tmp_path / "queries.xlsx").write_bytes(b"PK\x03\x04")
     (tmp_path / "table.csv").write_text("id,body\n1,hello\n")
     (tmp_path / "bad.jsonl").write_text('oops\n{"text": ""}\n')
     port = free_port()
@@ -323,7 +327,8 @@ def test_bad_input_fails_clearly_and_keeps_the_generation(
     args = {
         "missing file": ["--input", str(tmp_path / "absent.jsonl")],
         "binary file": ["--input", str(good), "--input", str(tmp_path / "archive.jsonl")],
-        "unknown suffix": ["--input", str(tmp_path / "queries.parquet")],
+        "unknown suffix": ["--input", str(tmp_path / "queries.xlsx")],
+        "not parquet": ["--input", str(tmp_path / "queries.parquet")],
         "no text column": ["--input", str(tmp_path / "table.csv")],
         "only bad rows": ["--input", str(tmp_path / "bad.jsonl")],
         "unknown task": ["--input", str(good)],

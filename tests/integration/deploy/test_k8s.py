@@ -551,11 +551,3 @@ def test_prod_images_are_pinned() -> None:
             name, _, tag = image.rpartition(":")
             assert name and "/" in name, f"{workload['metadata']['name']}: {image} has no registry"
             assert tag and tag != "latest" and "/" not in tag, f"{image} is not pinned"
-
-
-def test_queries_match_the_local_stack() -> None:
-    """kustomize cannot read above its root, so the sample queries are copied; keep them equal."""
-    local = Path(__file__).parents[3] / "services/stack/queries"
-    copies = Path(__file__).parents[3] / "k8s/base/queries"
-    for task in ("topic", "sentiment"):
-        assert (copies / f"{task}.jsonl").read_bytes() == (local / f"{task}.jsonl").read_bytes()

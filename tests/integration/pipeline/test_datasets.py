@@ -5,12 +5,18 @@ import pytest
 from services.contracts.text import normalize_text
 from services.pipeline.datasets import (
     Example,
+    LoadedTask,
     deduplicate,
     load_task,
     split_examples,
     stratified_sample,
 )
 from services.pipeline.errors import PipelineError
+from services.pipeline.task_file import load_task_file, shipped_task_file
+
+
+def _shipped(task: str) -> LoadedTask:
+    return load_task(load_task_file(shipped_task_file(task), "quick").data)
 
 
 def _label_shares(examples: list[Example]) -> dict[int, float]:
@@ -20,18 +26,18 @@ def _label_shares(examples: list[Example]) -> dict[int, float]:
 
 @pytest.fixture(scope="module")
 def topic() -> list[Example]:
-    return load_task("topic").examples
+    return _shipped("topic").examples
 
 
 def test_topic_has_five_labels_from_bbc_news() -> None:
-    loaded = load_task("topic")
+    loaded = _shipped("topic")
     assert loaded.labels == ["business", "entertainment", "politics", "sports", "tech"]
     assert len(loaded.examples) > 2000
     assert loaded.rows_read == 2225
 
 
 def test_sentiment_is_deduplicated_after_normalisation() -> None:
-    loaded = load_task("sentiment")
+    loaded = _shipped("sentiment")
     assert loaded.labels == ["negative", "neutral", "positive"]
     keys = [normalize_text(example.text) for example in loaded.examples]
     assert len(keys) == len(set(keys))
@@ -53,8 +59,10 @@ def test_deduplicate_drops_case_variants_and_conflicts() -> None:
 
 
 def test_unknown_task_is_a_clear_error() -> None:
-    with pytest.raises(PipelineError, match="unknown task 'weather'"):
-        load_task("weather")
+    with pytest.raises(
+        PipelineError, match="unknown task 'weather'; shipped tasks: sentiment, topic"
+    ):
+        shipped_task_file("weather")
 
 
 def test_splits_are_seeded_disjoint_and_stratified(topic: list[Example]) -> None:

@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 from router import contract
 from router.client import AsyncRouterClient, Policy, RequestError
 from services.reliability.testbed import RouterProcess, Testbed
+from tests.integration.conftest import TASK_LIMITS
 from tests.integration.router.helpers import predict
 
 FUZZ = settings(
@@ -119,7 +120,9 @@ def test_a_long_unknown_task_is_clipped_in_the_message(router: RouterProcess) ->
 
 def test_the_concurrency_limit_is_enforced(tiny_build: Path, tmp_path: Path) -> None:
     """Past `max_concurrent_rpcs` the router refuses at once with RESOURCE_EXHAUSTED."""
-    with Testbed(tmp_path, tiny_build / "model_repository", max_concurrent_rpcs=3) as bed:
+    with Testbed(
+        tmp_path, tiny_build / "model_repository", max_concurrent_rpcs=3, **TASK_LIMITS
+    ) as bed:
         bed.stall_triton(True)  # every model request now waits for the Triton timeout
 
         async def ten_at_once() -> list[tuple[str, str]]:
