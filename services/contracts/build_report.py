@@ -149,7 +149,9 @@ class ServingRecord(_Record):
     max_text_length: int = Field(4000, gt=0, description="characters the router accepts")
     max_batch_size: int = Field(32, gt=0, description="Triton's largest batch")
     preferred_batch_sizes: list[int] | None = Field(
-        None, description="for Triton's dynamic batcher; default 4, 8, 16, ... up to the largest"
+        None,
+        min_length=1,
+        description="for Triton's dynamic batcher; default 4, 8, 16, ... up to the largest",
     )
     max_queue_delay_us: int = Field(500, ge=0, description="Triton's dynamic batching delay")
     instances: int = Field(1, gt=0, description="Triton model instances")

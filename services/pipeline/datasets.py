@@ -108,6 +108,10 @@ def _read_source(source: DataSource, value: str) -> list[LabelledRow]:
     )
 
 
+def _named(source: DataSource) -> str:
+    return " and ".join(str(resolve_data_path(path)) for path in source.files().values())
+
+
 def _labels(source: DataSource, rows: Sequence[LabelledRow]) -> list[str]:
     """The label order: the task file's, checked against every row, or the sorted names."""
     if source.labels is not None:
@@ -122,7 +126,7 @@ def _labels(source: DataSource, rows: Sequence[LabelledRow]) -> list[str]:
     labels = sorted({row.label for row in rows})
     if len(labels) < 2:
         found = f"only {labels[0]!r}" if labels else "no label"
-        raise DataError(f"the data has {found}; a classifier needs at least two labels")
+        raise DataError(f"{_named(source)} has {found}; a classifier needs at least two labels")
     return labels
 
 
@@ -147,7 +151,10 @@ def load_task(source: DataSource) -> LoadedTask:
     labels = _labels(source, rows)
     loaded = deduplicate(labels, [(row.text, row.label) for row in rows])
     if len({example.label for example in loaded.examples}) < 2:
-        raise DataError("after dropping conflicting texts fewer than two labels are left")
+        raise DataError(
+            f"{_named(source)}: after dropping texts seen with two labels, fewer than two "
+            "labels are left"
+        )
     _check_stratifiable(loaded, source)
     return loaded
 
@@ -175,7 +182,10 @@ def load_separate(source: DataSource) -> tuple[LoadedTask, Splits]:
     trained = {example.label for example in assigned["train"]}
     missing = [label for index, label in enumerate(labels) if index not in trained]
     if missing:
-        raise DataError(f"labels never seen in the train file: {', '.join(missing)}")
+        raise DataError(
+            f"labels never seen in the train file {per_split_name(source, 'train')}: "
+            f"{', '.join(missing)}"
+        )
     return loaded, Splits(**assigned)
 
 

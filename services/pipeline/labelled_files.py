@@ -5,6 +5,7 @@ reports is one line that names them. Nothing here drops a row silently: a row th
 used is an error, and the user fixes the file or the task file.
 """
 
+import codecs
 import csv
 import io
 import json
@@ -50,12 +51,16 @@ def format_of(path: Path, forced: str | None) -> str:
 
 
 def _decode(raw: bytes, path: Path, encoding: str, errors: str) -> str:
+    # A UTF-8 file may start with a byte-order mark (spreadsheets write one): not text.
+    if codecs.lookup(encoding).name == "utf-8":
+        encoding = "utf-8-sig"
     try:
         return raw.decode(encoding, errors=errors)
     except UnicodeDecodeError as exc:
         line = raw[: exc.start].count(b"\n") + 1
         raise DataError(
-            f"{path} line {line} is not valid {encoding} (byte 0x{raw[exc.start]:02x}); "
+            f"{path} line {line} is not valid {encoding.removesuffix('-sig')} "
+            f"(byte 0x{raw[exc.start]:02x}); "
             "set data.encoding, or data.encoding_errors: replace"
         ) from None
 

@@ -23,6 +23,7 @@ then the command line's overrides. Relative paths are relative to the task file;
 import codecs
 import importlib.metadata
 import re
+import string
 from importlib import resources
 from pathlib import Path
 from typing import Any, Literal, cast, get_args
@@ -60,7 +61,7 @@ PACKAGED_TEACHERS = ("all-MiniLM-L6-v2", "all-mpnet-base-v2")
 PACKAGED_STUDENT = "paraphrase-MiniLM-L3-v2"
 DataFormat = Literal["jsonl", "csv", "parquet", "folders"]
 _PACKAGE_PREFIX = "package:"
-_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,62}$")
+_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_-]{0,62}")
 
 # What a build profile means: the values a task file leaves out.
 PRESETS: dict[str, dict[str, Any]] = {
@@ -109,6 +110,15 @@ class DataSource(_Section):
     text_field: str = "text"
     label_field: str = "label"
     labels: list[str] | None = Field(None, description="the label order; others are errors")
+
+    @field_validator("labels", mode="before")
+    @classmethod
+    def _label_names(cls, labels: Any) -> Any:
+        # YAML reads `labels: [0, 1]` as numbers; the data's labels are read as text.
+        if isinstance(labels, list):
+            return [str(label) if isinstance(label, int) else label for label in labels]
+        return labels
+
     encoding: str = "utf-8"
     encoding_errors: Literal["strict", "replace"] = "strict"
     split: tuple[float, float, float] = (0.7, 0.15, 0.15)
@@ -204,9 +214,11 @@ class PromptSpec(PromptRecord):
     @classmethod
     def _names_labels(cls, instruction: str) -> str:
         try:
-            instruction.format(labels="a, b")
-        except (KeyError, IndexError, ValueError):
-            raise ValueError("the instruction may hold no placeholder but {labels}") from None
+            fields = [field for _, field, _, _ in string.Formatter().parse(instruction)]
+        except ValueError:
+            raise ValueError("the instruction has an unmatched { or }") from None
+        if any(field not in (None, "labels") for field in fields):
+            raise ValueError("the instruction may hold no placeholder but {labels}")
         return instruction
 
 
@@ -221,20 +233,25 @@ class BiasProbe(_Section):
     @model_validator(mode="before")
     @classmethod
     def _shorthand(cls, value: Any) -> Any:
-        # YAML reads a bare `off` as false.
-        if value is False or value is None:
-            return {"kind": "off"}
-        if isinstance(value, str):
-            return {"kind": value}
-        if isinstance(value, dict) and "templates" in value and "kind" not in value:
-            return {"kind": "templates", **value}
-        return value
+        return expand_bias_probe(value)
 
     @model_validator(mode="after")
     def _templates_file(self) -> "BiasProbe":
         if (self.kind == "templates") != (self.templates is not None):
             raise ValueError("kind `templates` and a `templates` file go together")
         return self
+
+
+def expand_bias_probe(value: Any) -> Any:
+    """`off` (YAML reads it as false), `holistic_bias` or `{templates: F}` as a full mapping,
+    so a profile entry that changes one value merges with the file's choice."""
+    if value is False or value is None:
+        return {"kind": "off"}
+    if isinstance(value, str):
+        return {"kind": value}
+    if isinstance(value, dict) and "templates" in value and "kind" not in value:
+        return {"kind": "templates", **value}
+    return value
 
 
 class Evaluation(_Section):
@@ -257,7 +274,7 @@ class TaskFile(_Section):
     @field_validator("name")
     @classmethod
     def _safe_name(cls, name: str) -> str:
-        if not _NAME.match(name):
+        if not _NAME.fullmatch(name):
             raise ValueError(
                 f"{name!r} is not a task name: a letter, then up to 62 letters, digits, _ or -"
             )
@@ -324,7 +341,8 @@ def load_task_file(path: Path, profile: str, overrides: dict[str, Any] | None = 
         raise PipelineError(f"task file {path}{line} is not valid YAML") from None
     if not isinstance(raw, dict):
         raise PipelineError(f"task file {path} must be a mapping of settings")
-    per_profile = raw.pop("profiles", None) or {}
+    per_profile = raw.pop("profiles", None)
+    per_profile = {} if per_profile is None else per_profile
     if not isinstance(per_profile, dict) or not all(
         isinstance(v, dict) for v in per_profile.values()
     ):
@@ -335,6 +353,9 @@ def load_task_file(path: Path, profile: str, overrides: dict[str, Any] | None = 
             f"task file {path}: unknown profile {unknown[0]!r}; known profiles: "
             f"{', '.join(PRESETS)}"
         )
+    for layer in (raw, *per_profile.values()):
+        if "bias_probe" in layer:
+            layer["bias_probe"] = expand_bias_probe(layer["bias_probe"])
     base_dir = path.resolve().parent
     resolved: TaskFile | None = None
     # Every preset's resolution is checked, so a file never fails later under the other one.

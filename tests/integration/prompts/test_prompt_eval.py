@@ -8,10 +8,12 @@ import pytest
 
 from services.contracts.cache_schema import CachedPrediction, generation_key, generation_meta_key
 from services.processes.redis_server import RedisServer
+from services.pipeline.task_file import load_task_file, shipped_task_file
 from services.prompts.templates import PromptTemplate
 from tests.integration.conftest import run_switchyard
 
 SENTIMENT = ["negative", "neutral", "positive"]
+SENTIMENT_PROMPT = load_task_file(shipped_task_file("sentiment"), "quick").prompts
 
 
 def evaluate(tiny_build: Path, out: Path, *args: str) -> dict[str, object]:
@@ -36,7 +38,7 @@ def test_eval_reports_every_shot_count_and_the_student(
     tokens = [row["prompt_tokens_mean"] for row in llm_rows]
     assert tokens[0] < tokens[1] < tokens[2], "each shot adds an example to every prompt"
     assert len(student_rows) == 1 and "student" in student_rows[0]["model"]
-    assert report["template_hash"] == PromptTemplate("sentiment", SENTIMENT).digest
+    assert report["template_hash"] == PromptTemplate(SENTIMENT_PROMPT, SENTIMENT).digest
     assert report["n"] == 6
 
 
@@ -107,7 +109,7 @@ def test_batch_job_with_the_prompted_llm_writes_the_cache_format_and_the_prompt_
             if not key.endswith(b":meta")
         ]
     assert meta[b"teacher"] == b"llm-fewshot"
-    assert meta[b"prompt_hash"].decode() == PromptTemplate("sentiment", SENTIMENT).digest
+    assert meta[b"prompt_hash"].decode() == PromptTemplate(SENTIMENT_PROMPT, SENTIMENT).digest
     assert meta[b"shots"] == b"1" and meta[b"model"] == b"sentiment-llm-1shot"
     assert len(values) == len(texts)
     for value in values:

@@ -2,15 +2,18 @@
 
 import pytest
 
+from services.contracts.build_report import PromptRecord
+from services.pipeline.task_file import load_task_file, shipped_task_file
 from services.prompts.errors import PromptError
 from services.prompts.selection import choose_examples
 from services.prompts.templates import PromptTemplate, clip
 
 LABELS = ["negative", "neutral", "positive"]
+SENTIMENT = load_task_file(shipped_task_file("sentiment"), "quick").prompts
 
 
 def test_zero_shot_prompt_is_the_instruction_and_the_query() -> None:
-    rendered = PromptTemplate("sentiment", LABELS).render([], "what a day")
+    rendered = PromptTemplate(SENTIMENT, LABELS).render([], "what a day")
     assert rendered.prefix + rendered.query == (
         "Classify the sentiment of each text as one of: negative, neutral, positive."
         "\n\ntext: what a day\nsentiment:"
@@ -20,7 +23,7 @@ def test_zero_shot_prompt_is_the_instruction_and_the_query() -> None:
 
 def test_few_shot_prompt_lists_examples_in_order_in_input_label_lines() -> None:
     examples = [("plum pie", "positive"), ("cold soup", "negative")]
-    rendered = PromptTemplate("sentiment", LABELS).render(examples, "lemon tart")
+    rendered = PromptTemplate(SENTIMENT, LABELS).render(examples, "lemon tart")
     assert rendered.prefix.endswith(
         "\n\ntext: plum pie\nsentiment: positive\n\ntext: cold soup\nsentiment: negative"
     )
@@ -28,19 +31,18 @@ def test_few_shot_prompt_lists_examples_in_order_in_input_label_lines() -> None:
 
 
 def test_the_template_hash_follows_the_template_not_the_examples() -> None:
-    plain = PromptTemplate("sentiment", LABELS)
-    assert plain.digest == PromptTemplate("sentiment", LABELS).digest
-    assert plain.digest != PromptTemplate("sentiment", list(reversed(LABELS))).digest
-    assert plain.digest != PromptTemplate("topic", ["a", "b"]).digest
-    chat = PromptTemplate("sentiment", LABELS, "chat", chat=lambda m, g: str(m), chat_template="x")
+    plain = PromptTemplate(SENTIMENT, LABELS)
+    assert plain.digest == PromptTemplate(SENTIMENT, LABELS).digest
+    assert plain.digest != PromptTemplate(SENTIMENT, list(reversed(LABELS))).digest
+    other = PromptRecord(instruction="Pick one of: {labels}.", answer_field="topic")
+    assert plain.digest != PromptTemplate(other, ["a", "b"]).digest
+    chat = PromptTemplate(SENTIMENT, LABELS, "chat", chat=lambda m, g: str(m), chat_template="x")
     assert chat.digest != plain.digest
 
 
-def test_unknown_task_and_chat_without_a_template_are_clear_errors() -> None:
-    with pytest.raises(PromptError, match="no prompt for task 'weather'"):
-        PromptTemplate("weather", LABELS)
+def test_chat_without_a_template_is_a_clear_error() -> None:
     with pytest.raises(PromptError, match="chat template"):
-        PromptTemplate("sentiment", LABELS, "chat")
+        PromptTemplate(SENTIMENT, LABELS, "chat")
 
 
 def test_clip_keeps_one_line_and_cuts_at_a_word() -> None:
