@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from services.contracts.cache_schema import CachedPrediction, generation_key, generation_meta_key
-from services.processes.redis_server import RedisServer
 from services.pipeline.task_file import load_task_file, shipped_task_file
+from services.processes.redis_server import RedisServer
 from services.prompts.templates import PromptTemplate
 from tests.integration.conftest import run_switchyard
 
