@@ -162,8 +162,9 @@ class PredictionCache:
 
     async def follow(self, namespaces: Iterable[str]) -> None:
         """Follow these namespaces' generations from now on (the router's task set changed)."""
-        added = set(namespaces) - set(self._namespaces)
-        self._namespaces = sorted(set(namespaces))
+        wanted = set(namespaces)
+        added = wanted - set(self._namespaces)
+        self._namespaces = sorted(wanted)
         if added:
             with contextlib.suppress(DependencyUnavailable):
                 await self.refresh_generations()

@@ -1,1 +1,2 @@
-"""Model pipeline: data splits, LoRA teacher, distilled student, ONNX export, model repository."""
+"""Model pipeline: task files, data checks and splits, LoRA teacher, distilled student, ONNX
+export, model repository."""

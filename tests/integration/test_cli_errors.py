@@ -13,7 +13,7 @@ from tests.integration.conftest import run_switchyard
 @pytest.mark.parametrize(
     ("options", "message"),
     [
-        (["--tasks", "weather"], "unknown task 'weather'; known tasks: topic, sentiment"),
+        (["--tasks", "weather"], "unknown task 'weather'; shipped tasks: sentiment, topic"),
         (["--profile", "huge"], "unknown profile 'huge'; known profiles: quick, full"),
         (["--precision", "int4"], "unknown precision 'int4'"),
         (["--tasks", " , "], "no task given"),

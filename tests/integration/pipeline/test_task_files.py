@@ -161,7 +161,7 @@ BAD_DATA = {
     "unknown label": ("name: t\ndata: {file: d.csv, labels: [x, y]}\n", "text,label\na,x\nb,z\n",
                       "{dir}/d.csv line 3: label 'z' is not one of the task's labels (x, y)"),
     "one label": ("name: t\ndata: {file: d.csv}\n", "text,label\na,x\nb,x\n",
-                  "the data has only 'x'; a classifier needs at least two labels"),
+                  "{dir}/d.csv has only 'x'; a classifier needs at least two labels"),
     "rare label": ("name: t\ndata: {file: d.csv}\n",
                    "text,label\n" + "".join(f"text {i},x\n" for i in range(20)) + "odd one,y\n",
                    "labels too rare to stratify: 'y' has 1"),

@@ -58,7 +58,7 @@ def test_nearest_examples_make_one_shot_topic_prompts_accurate(
 @pytest.mark.parametrize(
     ("args", "env", "message"),
     [
-        (["--task", "weather"], {}, "unknown task 'weather'; known tasks: topic, sentiment"),
+        (["--task", "weather"], {}, "task 'weather' is not in the build"),
         (["--task", "topic", "--shots", "5"], {"SWITCHYARD_PROMPTS_POOL_SIZE": "3"},
          "5 shots asked for, but the example pool holds only"),
         (["--task", "topic", "--shots", "20", "--max-chars", "100000"], {},

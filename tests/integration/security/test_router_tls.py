@@ -112,7 +112,8 @@ def test_router_check_speaks_tls(tls_router: tuple[RouterProcess, Pki]) -> None:
 
 def test_predict_speaks_tls(tls_router: tuple[RouterProcess, Pki]) -> None:
     router, pki = tls_router
-    command = [*SWITCHYARD, "predict", "--address", router.address, "--policy", "cache_only"]
+    command = [*SWITCHYARD, "predict", "--task", "topic", "--address", router.address]
+    command += ["--policy", "cache_only"]
     result = subprocess.run(
         [*command, "--tls-ca-file", str(pki.ca_file), CACHED_TEXT],
         capture_output=True, text=True, timeout=60,

@@ -223,6 +223,9 @@ def _add_model(repository: Path, name: str, labels: list[str]) -> None:
     (scratch / name).rename(repository / name)
 
 
+CACHED = [("topic", TOPIC_LABELS, "tech")]
+
+
 def test_a_model_added_to_the_repository_is_served_without_failing_a_request(
     tmp_path: Path, redis_server: RedisServer
 ) -> None:
@@ -264,6 +267,14 @@ def test_a_model_added_to_the_repository_is_served_without_failing_a_request(
                     await asyncio.sleep(0.05)
                 answer = await client.predict("intents", "the invoice is wrong")
                 assert (answer.route, answer.label in new_labels) == (Route.MODEL, True)
+                # Its cache namespace is followed too, and the others' still are.
+                for task, labels, label in (("intents", new_labels, "bug"), *CACHED):
+                    publish_generation(
+                        redis_server.client(), task, labels, {"the app crashes": label}
+                    )
+                    while (await client.predict(task, "the app crashes")).route != Route.CACHE:
+                        assert asyncio.get_running_loop().time() < deadline, task
+                        await asyncio.sleep(0.05)
                 shutil.rmtree(settings.model_repository / "sentiment")
                 while "sentiment" in [info.task for info in await client.list_tasks()]:
                     assert asyncio.get_running_loop().time() < deadline
