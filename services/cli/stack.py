@@ -1,5 +1,6 @@
 """`switchyard up`, `demo` and `down`: the whole stack on one machine."""
 
+import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -145,9 +146,11 @@ def demo(
     for column in ("task", "text", "label", "score", "route", "server ms", "client ms"):
         table.add_column(column, justify="right" if "ms" in column or column == "score" else "left")
     for answer in answers:
+        # One line per answer: an article's line breaks are shown as " / ".
+        shown = re.sub(r"\s*\n\s*", " / ", answer.text)
         table.add_row(
             answer.task,
-            answer.text if len(answer.text) <= 44 else answer.text[:41] + "...",
+            shown if len(shown) <= 44 else shown[:41] + "...",
             answer.label,
             f"{answer.score:.3f}",
             answer.route,

@@ -221,12 +221,7 @@ def _capped(examples: list[Example], cap: int | None, seed: int) -> list[Example
 
 def _data_table(task: _PreparedTask) -> Table:
     record = task.record
-    table = Table(
-        title=(
-            f"{task.spec.name}: {record.rows_read} rows, {record.duplicates_dropped} duplicates "
-            f"and {record.conflicting_labels_dropped} conflicting texts dropped"
-        )
-    )
+    table = Table(title=f"{task.spec.name}: examples per split")
     table.add_column("label")
     for split in SPLITS:
         table.add_column(split, justify="right")
@@ -458,7 +453,14 @@ def build_models(options: BuildOptions, console: Console | None = None) -> Build
     console = console or Console()
     prepared = [_prepare(spec, options.seed) for spec in _load_specs(options)]
     for prepared_task in prepared:
+        record = prepared_task.record
         console.print(_data_table(prepared_task))
+        console.print(
+            f"{prepared_task.spec.name}: {record.rows_read} rows read; dropped "
+            f"{record.duplicates_dropped} duplicates and {record.conflicting_labels_dropped} "
+            "texts seen with two labels",
+            highlight=False,
+        )
     layout = BuildLayout(options.out_dir)
     _claim_output_dir(options, layout)
     transformers_logging.set_verbosity_error()
