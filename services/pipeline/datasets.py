@@ -159,6 +159,10 @@ def load_task(source: DataSource) -> LoadedTask:
     return loaded
 
 
+def _split_file(source: DataSource, split: str) -> str:
+    return str(dict(zip(SPLITS, source.separate(), strict=True))[split])
+
+
 def load_separate(source: DataSource) -> tuple[LoadedTask, Splits]:
     """Train, validation and test files as given; a text in two files keeps the first."""
     per_split = {
@@ -178,19 +182,15 @@ def load_separate(source: DataSource) -> tuple[LoadedTask, Splits]:
         assigned[split_of[normalize_text(example.text)]].append(example)
     for split, examples in assigned.items():
         if not examples:
-            raise DataError(f"the {split} file {per_split_name(source, split)} has no usable text")
+            raise DataError(f"the {split} file {_split_file(source, split)} has no usable text")
     trained = {example.label for example in assigned["train"]}
     missing = [label for index, label in enumerate(labels) if index not in trained]
     if missing:
         raise DataError(
-            f"labels never seen in the train file {per_split_name(source, 'train')}: "
+            f"labels never seen in the train file {_split_file(source, 'train')}: "
             f"{', '.join(missing)}"
         )
     return loaded, Splits(**assigned)
-
-
-def per_split_name(source: DataSource, split: str) -> str:
-    return str(dict(zip(SPLITS, source.separate(), strict=True))[split])
 
 
 def split_examples(
