@@ -61,6 +61,18 @@ class RouterMetrics:
             ["task"],
             registry=registry,
         )
+        self.served_version = Gauge(
+            "switchyard_model_served_version",
+            "The version of each student model that answers the model route.",
+            ["model"],
+            registry=registry,
+        )
+        self.version_failures = Counter(
+            "switchyard_model_version_failures_total",
+            "New versions Triton served whose files did not load in the router (never used).",
+            ["model", "version"],
+            registry=registry,
+        )
         self.dependency_up = Gauge(
             "switchyard_dependency_up",
             "1 when the dependency answers health checks.",

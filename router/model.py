@@ -19,7 +19,7 @@ from router.errors import DeadlineExceeded, DependencyUnavailable
 from services.contracts.model_io import OUTPUT_NAME, TextEncoder, softmax
 from services.contracts.model_repository import ModelVersion, version_dirs
 
-__all__ = ["ServedModel", "StudentClient"]
+__all__ = ["ServedModel", "StudentClient", "VersionChange"]
 
 _CHANNEL_ARGS = [
     # grpc's default reconnect backoff grows to 120 s; a restarted Triton should get traffic
@@ -55,6 +55,17 @@ class ServedModel:
         )
 
 
+@dataclass(frozen=True)
+class VersionChange:
+    """What `StudentClient.follow_versions` did about one model."""
+
+    model: str
+    version: str
+    previous: str = ""
+    problem: str = ""
+    """Set when `version` could not be served (its files do not load); nothing switched."""
+
+
 class StudentClient:
     def __init__(self, url: str, repository: Path, timeout_s: float, buckets: list[int]) -> None:
         self._client = triton_aio.InferenceServerClient(url, channel_args=_CHANNEL_ARGS)
@@ -62,6 +73,8 @@ class StudentClient:
         self._timeout_s = timeout_s
         self._buckets = sorted(buckets)
         self._models: dict[str, ServedModel] = {}
+        # Versions whose files did not load, with their folder's change time when they failed.
+        self._broken: dict[tuple[str, str], int] = {}
 
     async def load(self, model_names: Sequence[str]) -> None:
         """Pick each model's newest version that Triton serves (or the repository's newest)."""
@@ -81,6 +94,45 @@ class StudentClient:
 
     def model(self, name: str) -> ServedModel:
         return self._models[name]
+
+    async def follow_versions(self) -> list[VersionChange]:
+        """Move each model to the newest version of the repository that Triton reports READY
+        and whose files load here; a version that is not ready, or broken, is never used and
+        the current one keeps serving. One assignment per switch: a request uses the old
+        version or the new one, and its answer names the one that computed it."""
+        changes = []
+        for name, current in list(self._models.items()):
+            for folder in reversed(version_dirs(self._repository / name)):
+                version = folder.name
+                if version != current.version and self._still_broken(name, folder):
+                    continue
+                if not await self._version_ready(name, version):
+                    continue
+                if version == current.version:
+                    break
+                try:
+                    served = ServedModel.load(ModelVersion.of(self._repository, name, version))
+                except Exception as exc:  # tokenizers and json raise many kinds
+                    self._broken[(name, version)] = folder.stat().st_mtime_ns
+                    changes.append(VersionChange(name, version, current.version, str(exc)))
+                    continue
+                self._models[name] = served
+                changes.append(VersionChange(name, version, current.version))
+                break
+        return changes
+
+    def _still_broken(self, name: str, folder: Path) -> bool:
+        failed_at = self._broken.get((name, folder.name))
+        try:
+            return failed_at is not None and folder.stat().st_mtime_ns == failed_at
+        except OSError:
+            return True
+
+    async def _version_ready(self, name: str, version: str) -> bool:
+        try:
+            return bool(await asyncio.wait_for(self._client.is_model_ready(name, version), 2.0))
+        except (InferenceServerException, TimeoutError, OSError):
+            return False
 
     @property
     def loaded(self) -> set[str]:

@@ -136,6 +136,8 @@ class Router:
         settings = self._validate(task, texts, min_confidence)
         answers: list[Answer | None] = [None] * len(texts)
         generation = self._cache.generation(settings.cache_namespace) or ""
+        # The generation an answer names: the one the cache was read in, if it was read.
+        consulted = ""
 
         if policy is not Policy.MODEL_ONLY:
             try:
@@ -147,6 +149,7 @@ class Router:
                     self._remaining(deadline),
                 )
                 self._metrics.cache_malformed.labels(task).inc(malformed)
+                consulted = generation
             except DependencyUnavailable:
                 self._metrics.cache_errors.labels(task).inc()
                 if policy is Policy.CACHE_ONLY:
@@ -180,7 +183,7 @@ class Router:
                     route=Route.MODEL,
                     model=model.name,
                     model_version=model.version,
-                    cache_generation=generation if policy is Policy.AUTO else "",
+                    cache_generation=consulted,
                 )
                 if result.score < threshold:
                     unsure.append(texts[index])

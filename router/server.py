@@ -167,6 +167,33 @@ async def _follow_tasks(
                 complete = False
 
 
+async def _follow_versions(
+    settings: RouterSettings, student: StudentClient, metrics: RouterMetrics
+) -> None:
+    """Move to each model's newest version once Triton serves it (`StudentClient`)."""
+    while True:
+        for name in student.loaded:
+            metrics.served_version.labels(name).set(int(student.model(name).version))
+        await asyncio.sleep(settings.version_poll_seconds)
+        try:
+            changes = await student.follow_versions()
+        except Exception:  # keep the served versions; the next poll tries again
+            _log.exception("could not check the served versions")
+            continue
+        for change in changes:
+            if change.problem:
+                metrics.version_failures.labels(change.model, change.version).inc()
+                _log.warning(
+                    "model %s version %s is not used (version %s keeps serving): %s",
+                    change.model, change.version, change.previous, change.problem,
+                )  # fmt: skip
+            else:
+                _log.info(
+                    "model %s now answers with version %s (was %s)",
+                    change.model, change.version, change.previous,
+                )  # fmt: skip
+
+
 async def _cancel(task: "asyncio.Task[None]") -> None:
     task.cancel()
     with contextlib.suppress(asyncio.CancelledError):
@@ -230,6 +257,8 @@ async def serve(settings: RouterSettings, ready: asyncio.Event | None = None) ->
         resources.push_async_callback(_cancel, health_task)
         tasks_watch = asyncio.create_task(_follow_tasks(settings, router, cache, student, nudged))
         resources.push_async_callback(_cancel, tasks_watch)
+        versions_watch = asyncio.create_task(_follow_versions(settings, student, metrics))
+        resources.push_async_callback(_cancel, versions_watch)
         _log.info("router listening on %s, metrics on :%d", address, settings.metrics_port)
         if ready is not None:
             ready.set()

@@ -78,6 +78,9 @@ class RouterSettings(RedisSettings, BaseSettings):
     length_buckets: list[int] = Field(default_factory=lambda: [16, 32, 64, 128])
     misses_stream_max_len: int = Field(100_000, gt=0)
     generation_poll_seconds: float = Field(30.0, gt=0)
+    version_poll_seconds: float = Field(
+        1.0, gt=0, description="how often each model's served versions are checked"
+    )
     task_poll_seconds: float = Field(
         2.0, gt=0, description="how often the model repository is checked for task changes"
     )

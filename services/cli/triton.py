@@ -27,6 +27,10 @@ def serve(
         int | None, typer.Option(help="onnxruntime threads per model instance [from config].")
     ] = None,
     ready_timeout: Annotated[float | None, typer.Option(help="Seconds to wait for ready.")] = None,
+    previous_version_seconds: Annotated[
+        float | None,
+        typer.Option(help="Seconds a replaced version keeps serving beside its successor [30]."),
+    ] = None,
 ) -> None:
     """Run Triton until SIGTERM or SIGINT, picking up new model versions as they appear."""
     import signal
@@ -44,6 +48,7 @@ def serve(
         "cache_size": cache_size,
         "onnx_threads": threads,
         "ready_timeout": ready_timeout,
+        "previous_version_seconds": previous_version_seconds,
     }
     try:
         settings = TritonSettings(

@@ -56,6 +56,7 @@ from services.contracts.model_repository import (
     ModelCard,
     ModelVersion,
     render_config,
+    version_dirs,
 )
 from services.pipeline import assets
 from services.pipeline.bias import ProbeSentence, probe_sentences, read_templates
@@ -87,7 +88,6 @@ from services.pipeline.training import predict_logits
 
 __all__ = ["BuildOptions", "build_models"]
 
-MODEL_VERSION = "1"
 Record = TypeVar("Record", bound=BaseModel)
 
 
@@ -366,7 +366,7 @@ def _build_task(options: BuildOptions, layout: BuildLayout, task: _PreparedTask)
     student = _read_record(student_dir / "student.json", StudentTraining)
     report = TaskReport(
         model=name,
-        version=MODEL_VERSION,
+        version="1",  # the version it is published as is decided when it is published
         description=spec.description,
         serving=ServingRecord(**spec.serving.model_dump()),
         prompt=PromptRecord(**spec.prompts.model_dump()),
@@ -404,11 +404,38 @@ def _served_precision(requested: RequestedPrecision, onnx: OnnxReport) -> Precis
     return "int8" if keeps_accuracy else "fp32"
 
 
+def _served_file(built: _BuiltTask) -> Path:
+    precision = built.report.served_precision
+    return built.onnx_dir / (INT8_FILE if precision == "int8" else FP32_FILE)
+
+
+def _next_version(published: Path, task: str, built: _BuiltTask) -> tuple[str, ModelVersion | None]:
+    """The version the built student is published as, and the published one to keep beside it.
+
+    A new model file gets the next number, and the version it replaces stays, so Triton serves
+    both while the routers move over; older ones are dropped. The same model file keeps its
+    number and the version before it (a rerun publishes nothing new).
+    """
+    versions = version_dirs(published / task)
+    try:
+        card = ModelVersion(task, versions[-1].name, versions[-1]).card()
+    except (IndexError, ValueError):
+        return "1", None
+    sha256 = hashlib.sha256(_served_file(built).read_bytes()).hexdigest()
+    if card.sha256 == sha256:
+        before = versions[-2] if len(versions) > 1 else None
+        return card.version, None if before is None else ModelVersion(task, before.name, before)
+    inputs = OnnxTextClassifier(_served_file(built), built.onnx_dir / TOKENIZER_FILE).input_names
+    latest = ModelVersion(task, versions[-1].name, versions[-1])
+    # A version with other tensors cannot share the model's config.
+    return str(int(latest.version) + 1), latest if card.inputs == inputs else None
+
+
 def _write_model_version(
     repository: Path, task: str, built: _BuiltTask, options: BuildOptions
 ) -> None:
     report = built.report
-    model_file = built.onnx_dir / (INT8_FILE if report.served_precision == "int8" else FP32_FILE)
+    model_file = _served_file(built)
     files = ModelVersion.of(repository, task, report.version)
     files.path.mkdir(parents=True)
     shutil.copyfile(model_file, files.model_file)
@@ -478,7 +505,12 @@ def build_models(options: BuildOptions, console: Console | None = None) -> Build
         for kept in repository.iterdir():
             if kept.name not in built:
                 shutil.copytree(kept, staging / kept.name, copy_function=os.link)
-    for task, result in built.items():
+    for task, result in list(built.items()):
+        version, replaced = _next_version(repository, task, result)
+        if replaced is not None:
+            shutil.copytree(replaced.path, staging / task / replaced.version, copy_function=os.link)
+        versioned = result.report.model_copy(update={"version": version})
+        built[task] = result = _BuiltTask(versioned, result.onnx_dir)
         _write_model_version(staging, task, result, options)
     publish_directory(staging, repository)
 

@@ -16,7 +16,9 @@ from tritonclient.grpc import model_config_pb2 as mc
 from services.contracts.build_report import ServingRecord
 from services.contracts.model_io import OUTPUT_NAME
 
-__all__ = ["publish_directory", "student_config"]
+__all__ = ["SERVED_VERSIONS", "publish_directory", "student_config"]
+
+SERVED_VERSIONS = 2
 
 
 def student_config(
@@ -44,6 +46,11 @@ def student_config(
         instance_group=[
             mc.ModelInstanceGroup(count=serving.instances, kind=mc.ModelInstanceGroup.KIND_CPU)
         ],
+        # The two newest versions: a new one loads while the previous still serves, so the
+        # routers can move over before it goes (it is released when the next one arrives).
+        version_policy=mc.ModelVersionPolicy(
+            latest=mc.ModelVersionPolicy.Latest(num_versions=SERVED_VERSIONS)
+        ),
     )
     config.parameters["intra_op_thread_count"].string_value = str(intra_op_threads)
     return config

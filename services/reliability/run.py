@@ -32,6 +32,7 @@ FAST_SCENARIOS: dict[str, Scenario] = {
     "triton-stop": scenarios.triton_outage,
     "triton-stalled": scenarios.slow_triton,
     "malformed-cache-values": scenarios.malformed_cache_values,
+    "new-version": scenarios.new_version,
     "bad-input": lambda bed, corpus: scenarios.bad_input(bed),
     "router-sigterm": scenarios.router_sigterm,
 }

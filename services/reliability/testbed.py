@@ -5,7 +5,9 @@ when a scenario fails half way.
 """
 
 import os
+import shutil
 import sys
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -151,7 +153,10 @@ class Testbed:
             "shutdown_delay_seconds": 1.0,
         } | router_overrides
         self.directory = directory
-        self.repository = repository
+        # A copy of its own (hard links), so a scenario may publish versions into it.
+        self.repository = directory / "model_repository"
+        shutil.copytree(repository, self.repository, copy_function=os.link)
+        repository = self.repository
         models = model_names(repository)
         if not models:
             raise ValueError(f"the model repository {repository} holds no model")
@@ -163,8 +168,15 @@ class Testbed:
             grpc_port=free_port(),
             http_port=free_port(),
             metrics_port=free_port(),
+            # A replaced version is released soon after its successor, so a run can see it.
+            previous_version_seconds=3.0,
         )
         self.triton = TritonServer(self.triton_settings)
+        # The launcher's watch: new and removed versions reach Triton (`TritonServer.serve`,
+        # which would end when a scenario stops Triton on purpose).
+        self._stop_watching = threading.Event()
+        self._triton_lock = threading.Lock()  # no mirroring while Triton restarts
+        self._watcher = threading.Thread(target=self._mirror_versions, daemon=True)
         # The router reaches Triton through a proxy that can stall, as a stuck Triton would.
         self.triton_proxy = StallingProxy(self.triton_settings.grpc_port)
         self.router = RouterProcess(
@@ -175,16 +187,23 @@ class Testbed:
         try:
             self.redis.start()
             self.triton.start()
+            self._watcher.start()
             self.triton_proxy.start()
             self.router.start()
         except BaseException:
             self.stop()
             raise
 
+    def _mirror_versions(self) -> None:
+        while not self._stop_watching.wait(self.triton_settings.poll_seconds):
+            with self._triton_lock:
+                self.triton.runtime.sync()
+
     def restart_triton(self) -> None:
-        self.triton.stop()
-        self.triton = TritonServer(self.triton_settings)
-        self.triton.start()
+        with self._triton_lock:
+            self.triton.stop()
+            self.triton = TritonServer(self.triton_settings)
+            self.triton.start()
 
     def stall_triton(self, stalled: bool) -> None:
         """Stop (or resume) every byte between the router and Triton: a model that answers
@@ -193,6 +212,9 @@ class Testbed:
 
     def stop(self) -> None:
         self.router.stop()
+        self._stop_watching.set()
+        if self._watcher.is_alive():
+            self._watcher.join()
         self.triton_proxy.stop()
         self.triton.stop()
         self.redis.stop()

@@ -30,6 +30,7 @@ class Outcome:
     routes: tuple[str, ...] = ()
     generations: tuple[str, ...] = ()
     labels: tuple[str, ...] = ()
+    versions: tuple[str, ...] = ()
     texts: tuple[str, ...] = ()
     due: float | None = None
 
@@ -61,6 +62,7 @@ class Outcome:
             routes=tuple(answer.route.value for answer in answers),
             generations=tuple(answer.cache_generation for answer in answers),
             labels=tuple(answer.label for answer in answers),
+            versions=tuple(answer.model_version for answer in answers),
             texts=texts,
         )
 

@@ -6,10 +6,16 @@ original `model.onnx`. The source repository stays untouched for NVIDIA's images
 
 A version is mirrored only after onnxruntime has loaded it and its tensors match the config,
 so a broken or half-copied version never reaches Triton and never disturbs the served ones.
+
+Rollouts: the newest good version is mirrored, and the one before it stays mirrored for
+`previous_version_seconds` after the newest arrived, so Triton (told to keep the two latest)
+serves both while the routers move to the new one (each within a second or two), and then
+releases the old one. A broken new version never displaces the version before it.
 """
 
 import logging
 import shutil
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -62,14 +68,22 @@ def _check_version(model_file: Path, input_names: list[str], output_names: list[
 
 class RuntimeRepository:
     def __init__(
-        self, source: Path, runtime: Path, response_cache: bool, onnx_threads: int | None = None
+        self,
+        source: Path,
+        runtime: Path,
+        response_cache: bool,
+        onnx_threads: int | None = None,
+        previous_version_seconds: float = 30.0,
     ) -> None:
         self.source = source
         self.runtime = runtime
         self._response_cache = response_cache
         self._onnx_threads = onnx_threads
-        # Rejected versions are checked again only when their model file changes.
-        self._rejected: dict[Path, float] = {}
+        self._previous_version_seconds = previous_version_seconds
+        # Each version's verdict, by model file, with the file's change time it was made at.
+        self._verdicts: dict[Path, tuple[float, bool]] = {}
+        # When each (model, version) was first mirrored, on the monotonic clock.
+        self._mirrored_at: dict[tuple[str, str], float] = {}
 
     def sync(self) -> SyncReport:
         """Bring the runtime repository in line with the source repository."""
@@ -95,6 +109,7 @@ class RuntimeRepository:
         config.ClearField("platform")
         config.backend = "python"
         config.name = name
+        config.version_policy.latest.num_versions = 2
         if self._response_cache:
             config.response_cache.enable = True
         if self._onnx_threads is not None:
@@ -106,31 +121,57 @@ class RuntimeRepository:
         if not config_path.exists() or config_path.read_text(encoding="utf-8") != rendered:
             _replace_file(config_path, rendered)
 
-        input_names = [tensor.name for tensor in config.input]
-        output_names = [tensor.name for tensor in config.output]
-        versions = {path.name: path for path in version_dirs(source_model)}
+        inputs = [tensor.name for tensor in config.input]
+        outputs = [tensor.name for tensor in config.output]
+        # Newest first: the newest good version, and the good one before it while it is new.
+        good: list[tuple[str, Path]] = []
+        for source_version in reversed(version_dirs(source_model)):
+            model_file = source_version / MODEL_FILE
+            if self._is_good(f"{name}/{source_version.name}", model_file, inputs, outputs, report):
+                good.append((source_version.name, model_file))
+                if len(good) == 2:
+                    break
+        keep = good[:1]
+        if len(good) == 2:
+            newest_since = self._mirrored_at.get((name, good[0][0]), time.monotonic())
+            if time.monotonic() - newest_since < self._previous_version_seconds:
+                keep.append(good[1])
+        for version, model_file in keep:
+            if not (runtime_model / version).exists():
+                partial = runtime_model / f".{version}.partial"
+                shutil.rmtree(partial, ignore_errors=True)
+                partial.mkdir()
+                (partial / "model.py").symlink_to(RUNNER_FILE)
+                (partial / MODEL_FILE).symlink_to(model_file.resolve())
+                partial.rename(runtime_model / version)
+                self._mirrored_at.setdefault((name, version), time.monotonic())
+                report.added.append(f"{name}/{version}")
+        kept = {version for version, _ in keep}
         for stale in [p for p in runtime_model.iterdir() if p.is_dir()]:
-            if stale.name not in versions:
+            if stale.name not in kept:
                 shutil.rmtree(stale)
                 report.removed.append(f"{name}/{stale.name}")
-        for version, source_version in versions.items():
-            if (runtime_model / version).exists():
-                continue
-            model_file = source_version / MODEL_FILE
-            stamp = model_file.stat().st_mtime if model_file.exists() else 0.0
-            if self._rejected.get(model_file) == stamp:
-                continue
-            try:
-                _check_version(model_file, input_names, output_names)
-            except ValueError as exc:
-                self._rejected[model_file] = stamp
-                report.rejected[f"{name}/{version}"] = str(exc)
-                _log.warning("not serving %s/%s: %s", name, version, exc)
-                continue
-            partial = runtime_model / f".{version}.partial"
-            shutil.rmtree(partial, ignore_errors=True)
-            partial.mkdir()
-            (partial / "model.py").symlink_to(RUNNER_FILE)
-            (partial / MODEL_FILE).symlink_to(model_file.resolve())
-            partial.rename(runtime_model / version)
-            report.added.append(f"{name}/{version}")
+
+    def _is_good(
+        self,
+        label: str,
+        model_file: Path,
+        input_names: list[str],
+        output_names: list[str],
+        report: SyncReport,
+    ) -> bool:
+        """Whether onnxruntime loads the version and its tensors match the config; checked
+        again only when its model file changes."""
+        stamp = model_file.stat().st_mtime if model_file.exists() else 0.0
+        known = self._verdicts.get(model_file)
+        if known is not None and known[0] == stamp:
+            return known[1]
+        try:
+            _check_version(model_file, input_names, output_names)
+        except ValueError as exc:
+            self._verdicts[model_file] = (stamp, False)
+            report.rejected[label] = str(exc)
+            _log.warning("not serving %s: %s", label, exc)
+            return False
+        self._verdicts[model_file] = (stamp, True)
+        return True

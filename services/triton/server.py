@@ -44,6 +44,9 @@ class TritonSettings(BaseSettings):
     cache_size: int = Field(0, ge=0, description="response cache bytes; 0 disables it")
     onnx_threads: int | None = Field(None, ge=1, description="onnxruntime threads per instance")
     poll_seconds: float = Field(1.0, gt=0)
+    previous_version_seconds: float = Field(
+        30.0, ge=0, description="how long a replaced version keeps serving beside its successor"
+    )
     ready_timeout: float = Field(60.0, gt=0)
     stop_timeout: float = Field(4.0, gt=0)
 
@@ -109,6 +112,7 @@ class TritonServer:
             self._workdir / "model_repository",
             response_cache=settings.cache_size > 0,
             onnx_threads=settings.onnx_threads,
+            previous_version_seconds=settings.previous_version_seconds,
         )
         # Unique per server: several may run in one process (tests), each cleans only its own.
         self._shm_prefix = f"switchyard{os.getpid()}_{secrets.token_hex(3)}_"

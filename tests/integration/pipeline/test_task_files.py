@@ -184,3 +184,25 @@ def test_bad_data_is_one_line_and_writes_nothing(tmp_path: Path, case: str) -> N
     assert message.format(dir=tmp_path) in errors
     assert len(errors.strip().splitlines()) == 1
     assert not out.exists()
+
+
+def test_a_retrained_task_is_published_as_a_new_version_beside_the_old_one(
+    own_build: Path,
+) -> None:
+    repository = BuildLayout(own_build).model_repository
+    local_yaml = own_build.parent / "local.yaml"
+    retrain = ["--task-file", str(local_yaml), "--out", str(own_build), *TINY_BUILD_OPTIONS]
+    retrain[retrain.index("--student-steps") + 1] = "7"
+    before = latest_version(repository, "bias-local")
+    code, errors = _build(*retrain)
+    assert code == 0, errors
+    versions = sorted(p.name for p in (repository / "bias-local").iterdir() if p.is_dir())
+    assert versions == [before.version, str(int(before.version) + 1)]
+    report = BuildLayout(own_build).read_report()
+    assert report is not None and report.tasks["bias-local"].version == versions[-1]
+    assert latest_version(repository, "bias-local").card().version == versions[-1]
+    # The same build again publishes nothing new.
+    code, errors = _build(*retrain)
+    assert code == 0, errors
+    again = sorted(p.name for p in (repository / "bias-local").iterdir() if p.is_dir())
+    assert again == versions

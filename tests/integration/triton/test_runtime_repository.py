@@ -1,5 +1,7 @@
+import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from services.contracts.model_repository import parse_config
@@ -39,3 +41,43 @@ def test_serving_imports_no_torch() -> None:
         [sys.executable, "-c", probe], capture_output=True, text=True, check=True
     )
     assert result.stdout.strip() == "False"
+
+
+def _publish(model: Path, version: str, broken: bool = False) -> None:
+    partial = model / f".{version}.partial"
+    shutil.copytree(model / "1", partial)
+    if broken:
+        (partial / "model.onnx").unlink()
+        (partial / "model.onnx").write_bytes(b"not an onnx graph")
+    partial.rename(model / version)
+
+
+def test_a_replaced_version_is_mirrored_beside_its_successor_for_a_while(
+    tiny_build: Path, tmp_path: Path
+) -> None:
+    source = tmp_path / "source"
+    shutil.copytree(tiny_build / "model_repository" / "topic", source / "topic")
+    runtime_dir = tmp_path / "runtime"
+    runtime = RuntimeRepository(source, runtime_dir, False, previous_version_seconds=0.5)
+    runtime.sync()
+    mirrored = parse_config((runtime_dir / "topic" / "config.pbtxt").read_text())
+    assert mirrored.version_policy.latest.num_versions == 2
+
+    def versions() -> list[str]:
+        return sorted(p.name for p in (runtime_dir / "topic").iterdir() if p.is_dir())
+
+    _publish(source / "topic", "2")
+    assert runtime.sync().added == ["topic/2"]
+    assert versions() == ["1", "2"]  # both served while the routers move
+    time.sleep(0.6)
+    assert runtime.sync().removed == ["topic/1"]
+    assert versions() == ["2"]
+    _publish(source / "topic", "3", broken=True)
+    report = runtime.sync()
+    assert "onnxruntime cannot load" in report.rejected["topic/3"]
+    assert versions() == ["2"]  # a broken version never displaces the served one
+    assert runtime.sync().rejected == {}  # and is not checked again until it changes
+    shutil.rmtree(source / "topic" / "3")
+    shutil.rmtree(source / "topic" / "2")
+    runtime.sync()
+    assert versions() == ["1"]  # removing the newest folders rolls back

@@ -141,12 +141,20 @@ class FakeTriton(service_pb2_grpc.GRPCInferenceServiceServicer):
     async def ModelReady(  # noqa: N802 - the RPC's name
         self, request: service_pb2.ModelReadyRequest, context: grpc.aio.ServicerContext
     ) -> service_pb2.ModelReadyResponse:
-        return service_pb2.ModelReadyResponse(ready=request.name in self.labels)
+        served = not request.version or request.version in self.served_versions
+        return service_pb2.ModelReadyResponse(ready=request.name in self.labels and served)
 
     async def ModelInfer(  # noqa: N802 - the RPC's name
         self, request: service_pb2.ModelInferRequest, context: grpc.aio.ServicerContext
     ) -> service_pb2.ModelInferResponse:
         self.requests.append(request)
+        if request.model_version and request.model_version not in self.served_versions:
+            # What Triton says for a version it has unloaded.
+            await context.abort(
+                grpc.StatusCode.UNAVAILABLE,
+                f"Request for unknown model: '{request.model_name}' version "
+                f"{request.model_version} is not found",
+            )
         if self.delay_s:
             await asyncio.sleep(self.delay_s)
         if self.fail_with is not None:

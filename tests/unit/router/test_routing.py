@@ -283,7 +283,8 @@ def test_redis_down_the_model_answers_and_cache_only_is_unavailable(tmp_path: Pa
         private.stop()
         for _ in range(3):
             answer = await bed.client.predict("topic", "Oil prices climb as supply tightens")
-            assert answer.route == Route.MODEL
+            # The cache was not read: the answer names no generation.
+            assert (answer.route, answer.cache_generation) == (Route.MODEL, "")
         with pytest.raises(RequestError) as error:
             await bed.client.predict("topic", "anything", policy=Policy.CACHE_ONLY)
         assert error.value.code == grpc.StatusCode.UNAVAILABLE

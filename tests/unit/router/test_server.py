@@ -319,3 +319,70 @@ def test_no_task_at_all_is_a_clear_error(tmp_path: Path, redis_server: RedisServ
     )
     with pytest.raises(ValueError, match="no task to serve"):
         asyncio.run(serve(settings))
+
+
+def _add_version(repository: Path, version: str, broken: bool = False) -> None:
+    """A new version folder of topic, written aside and renamed in, as a build publishes one."""
+    scratch = write_model_repository(repository.parent / f"scratch-v{version}", [version])
+    folder = scratch / "topic" / version
+    if broken:
+        (folder / "tokenizer.json").write_text("{not a tokenizer")
+    folder.rename(repository / "topic" / version)
+
+
+def test_the_router_follows_the_version_triton_serves_without_a_failed_request(
+    tmp_path: Path, redis_server: RedisServer
+) -> None:
+    async def main() -> None:
+        async with serving_triton(["1", "3"]) as (triton, triton_url):
+            settings = router_settings(
+                tmp_path, redis_server.url, triton_url, version_poll_seconds=0.05
+            )
+            server = asyncio.create_task(serve(settings, ready := asyncio.Event()))
+            await asyncio.wait_for(ready.wait(), 10)
+            address = f"127.0.0.1:{settings.grpc_port}"
+            failures: list[RequestError] = []
+            versions: list[str] = []
+            stop = asyncio.Event()
+
+            async def traffic(client: AsyncRouterClient) -> None:
+                while not stop.is_set():
+                    try:
+                        answer = await client.predict("topic", "the film", policy=Policy.MODEL_ONLY)
+                        versions.append(answer.model_version)
+                    except RequestError as exc:
+                        failures.append(exc)
+
+            async def until_version(version: str) -> None:
+                deadline = asyncio.get_running_loop().time() + 5
+                while not versions or versions[-1] != version:
+                    assert asyncio.get_running_loop().time() < deadline, versions[-1:]
+                    await asyncio.sleep(0.02)
+
+            async with AsyncRouterClient(address, retries=0) as client:
+                load = asyncio.create_task(traffic(client))
+                await until_version("3")
+                _add_version(settings.model_repository, "5")
+                await asyncio.sleep(0.3)
+                assert versions[-1] == "3", "a version Triton does not serve yet is not used"
+                triton.served_versions = ["3", "5"]  # Triton loaded 5 beside 3
+                await until_version("5")
+                triton.served_versions = ["5"]  # and released 3 after the switch
+                _add_version(settings.model_repository, "7", broken=True)
+                triton.served_versions = ["5", "7"]
+                await asyncio.sleep(0.5)
+                assert versions[-1] == "5", "a version whose files do not load is never used"
+                stop.set()
+                await load
+                url = f"http://127.0.0.1:{settings.metrics_port}/metrics"
+                text = await asyncio.to_thread(lambda: urllib.request.urlopen(url).read())
+            assert failures == []
+            # Every answer names a version Triton served when it was computed.
+            assert set(versions) == {"3", "5"}
+            assert b'switchyard_model_served_version{model="topic"} 5.0' in text
+            failed = b'switchyard_model_version_failures_total{model="topic",version="7"} 1.0'
+            assert failed in text
+            os.kill(os.getpid(), signal.SIGTERM)
+            await asyncio.wait_for(server, 10)
+
+    run(main)
