@@ -79,7 +79,7 @@ def answer_message(answer: Answer, latency_ms: float) -> router_pb2.PredictRespo
         label=answer.label,
         score=answer.score,
         scores=answer.scores,
-        route=_WIRE_OF_ROUTE[answer.route],
+        route=route_to_wire(answer.route),
         model=answer.model,
         model_version=answer.model_version,
         cache_generation=answer.cache_generation,

@@ -133,6 +133,8 @@ async def _apply_tasks(
         added = sorted(set(usable) - set(router.tasks))
         removed = sorted(set(router.tasks) - set(usable))
         router.use_tasks(usable)
+        for gone in removed:
+            router.metrics.generation_age.remove(gone)
         _log.info(
             "serving tasks %s (added %s, removed %s)",
             ", ".join(sorted(usable)) or "none",

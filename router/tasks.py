@@ -39,7 +39,7 @@ def repository_state(repository: Path) -> tuple[tuple[str, str, int], ...]:
         try:
             files = latest_version(repository, name)
             changed = (files.path / CARD_FILE).stat().st_mtime_ns
-        except (FileNotFoundError, OSError):
+        except OSError:
             state.append((name, "", 0))
             continue
         state.append((name, files.version, changed))

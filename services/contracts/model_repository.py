@@ -30,6 +30,7 @@ __all__ = [
     "CONFIG_FILE",
     "LABELS_FILE",
     "MODEL_FILE",
+    "SERVED_VERSIONS",
     "TOKENIZER_FILE",
     "ModelCard",
     "ModelVersion",
@@ -45,6 +46,8 @@ MODEL_FILE = "model.onnx"
 TOKENIZER_FILE = "tokenizer.json"
 LABELS_FILE = "labels.json"
 CARD_FILE = "model_card.json"
+# Versions of a model Triton keeps loaded: a new one and the one it replaces.
+SERVED_VERSIONS = 2
 
 
 class ModelCard(BaseModel):

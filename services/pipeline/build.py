@@ -55,6 +55,7 @@ from services.contracts.model_repository import (
     TOKENIZER_FILE,
     ModelCard,
     ModelVersion,
+    latest_version,
     render_config,
     version_dirs,
 )
@@ -264,8 +265,9 @@ def _build_task(options: BuildOptions, layout: BuildLayout, task: _PreparedTask)
         _write_record(out / "data.json", task.record)
 
     data_key = _fingerprint("data", task.record.model_dump(), _splits_digest(splits))
-    data_dir = _stage(layout.stage_dir(name, "data"), data_key, make_data)
-    data = _read_record(data_dir / "data.json", DataRecord)
+    _stage(layout.stage_dir(name, "data"), data_key, make_data)
+    # The fingerprint covers the whole record, so a reused stage holds this same one.
+    data = task.record
 
     teacher_key = _fingerprint("teacher", data_key, spec.teacher.model_dump(), seed)
     teacher_dir = _stage(
@@ -409,50 +411,61 @@ def _served_file(built: _BuiltTask) -> Path:
     return built.onnx_dir / (INT8_FILE if precision == "int8" else FP32_FILE)
 
 
-def _next_version(published: Path, task: str, built: _BuiltTask) -> tuple[str, ModelVersion | None]:
+@dataclass(frozen=True)
+class _Published:
+    """What publishing needs to know of a built student, read from its file once."""
+
+    sha256: str
+    inputs: list[str]
+
+
+def _published(built: _BuiltTask) -> _Published:
+    model_file = _served_file(built)
+    inputs = OnnxTextClassifier(model_file, built.onnx_dir / TOKENIZER_FILE).input_names
+    return _Published(hashlib.sha256(model_file.read_bytes()).hexdigest(), inputs)
+
+
+def _next_version(
+    published: Path, task: str, student: _Published
+) -> tuple[str, ModelVersion | None]:
     """The version the built student is published as, and the published one to keep beside it.
 
     A new model file gets the next number, and the version it replaces stays, so Triton serves
     both while the routers move over; older ones are dropped. The same model file keeps its
     number and the version before it (a rerun publishes nothing new).
     """
-    versions = version_dirs(published / task)
     try:
-        card = ModelVersion(task, versions[-1].name, versions[-1]).card()
-    except (IndexError, ValueError):
+        latest = latest_version(published, task)
+        card = latest.card()
+    except (FileNotFoundError, ValueError):
         return "1", None
-    sha256 = hashlib.sha256(_served_file(built).read_bytes()).hexdigest()
-    if card.sha256 == sha256:
-        before = versions[-2] if len(versions) > 1 else None
-        return card.version, None if before is None else ModelVersion(task, before.name, before)
-    inputs = OnnxTextClassifier(_served_file(built), built.onnx_dir / TOKENIZER_FILE).input_names
-    latest = ModelVersion(task, versions[-1].name, versions[-1])
+    if card.sha256 == student.sha256:
+        before = version_dirs(published / task)[-2:-1]
+        return latest.version, ModelVersion(task, before[0].name, before[0]) if before else None
     # A version with other tensors cannot share the model's config.
-    return str(int(latest.version) + 1), latest if card.inputs == inputs else None
+    return str(int(latest.version) + 1), latest if card.inputs == student.inputs else None
 
 
 def _write_model_version(
-    repository: Path, task: str, built: _BuiltTask, options: BuildOptions
+    repository: Path, task: str, built: _BuiltTask, student: _Published, options: BuildOptions
 ) -> None:
     report = built.report
-    model_file = _served_file(built)
     files = ModelVersion.of(repository, task, report.version)
     files.path.mkdir(parents=True)
-    shutil.copyfile(model_file, files.model_file)
+    shutil.copyfile(_served_file(built), files.model_file)
     shutil.copyfile(built.onnx_dir / TOKENIZER_FILE, files.tokenizer_file)
     (files.path / LABELS_FILE).write_text(
         json.dumps(report.labels, indent=2) + "\n", encoding="utf-8"
     )
-    input_names = OnnxTextClassifier.of_version(files).input_names
-    config = student_config(task, input_names, len(report.labels), report.serving)
+    config = student_config(task, student.inputs, len(report.labels), report.serving)
     (repository / task / CONFIG_FILE).write_text(render_config(config), encoding="utf-8")
     card = ModelCard(
         **report.model_dump(),
         task=task,
-        inputs=input_names,
+        inputs=student.inputs,
         profile=options.profile,
         seed=options.seed,
-        sha256=hashlib.sha256(files.model_file.read_bytes()).hexdigest(),
+        sha256=student.sha256,
         created_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     )
     _write_record(files.path / CARD_FILE, card)
@@ -506,12 +519,13 @@ def build_models(options: BuildOptions, console: Console | None = None) -> Build
             if kept.name not in built:
                 shutil.copytree(kept, staging / kept.name, copy_function=os.link)
     for task, result in list(built.items()):
-        version, replaced = _next_version(repository, task, result)
+        student = _published(result)
+        version, replaced = _next_version(repository, task, student)
         if replaced is not None:
             shutil.copytree(replaced.path, staging / task / replaced.version, copy_function=os.link)
         versioned = result.report.model_copy(update={"version": version})
         built[task] = result = _BuiltTask(versioned, result.onnx_dir)
-        _write_model_version(staging, task, result, options)
+        _write_model_version(staging, task, result, student, options)
     publish_directory(staging, repository)
 
     try:

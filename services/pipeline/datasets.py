@@ -159,17 +159,9 @@ def load_task(source: DataSource) -> LoadedTask:
     return loaded
 
 
-def _split_file(source: DataSource, split: str) -> str:
-    return str(dict(zip(SPLITS, source.separate(), strict=True))[split])
-
-
 def load_separate(source: DataSource) -> tuple[LoadedTask, Splits]:
     """Train, validation and test files as given; a text in two files keeps the first."""
-    per_split = {
-        split: _read_source(source, value)
-        for split, value in zip(SPLITS, source.separate(), strict=True)
-        if value is not None
-    }
+    per_split = {split: _read_source(source, value) for split, value in source.files().items()}
     every_row = [row for rows in per_split.values() for row in rows]
     labels = _labels(source, every_row)
     loaded = deduplicate(labels, [(row.text, row.label) for row in every_row])
@@ -182,13 +174,12 @@ def load_separate(source: DataSource) -> tuple[LoadedTask, Splits]:
         assigned[split_of[normalize_text(example.text)]].append(example)
     for split, examples in assigned.items():
         if not examples:
-            raise DataError(f"the {split} file {_split_file(source, split)} has no usable text")
+            raise DataError(f"the {split} file {source.files()[split]} has no usable text")
     trained = {example.label for example in assigned["train"]}
     missing = [label for index, label in enumerate(labels) if index not in trained]
     if missing:
         raise DataError(
-            f"labels never seen in the train file {_split_file(source, 'train')}: "
-            f"{', '.join(missing)}"
+            f"labels never seen in the train file {source.files()['train']}: {', '.join(missing)}"
         )
     return loaded, Splits(**assigned)
 

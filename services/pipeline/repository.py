@@ -15,10 +15,9 @@ from tritonclient.grpc import model_config_pb2 as mc
 
 from services.contracts.build_report import ServingRecord
 from services.contracts.model_io import OUTPUT_NAME
+from services.contracts.model_repository import SERVED_VERSIONS
 
-__all__ = ["SERVED_VERSIONS", "publish_directory", "student_config"]
-
-SERVED_VERSIONS = 2
+__all__ = ["publish_directory", "student_config"]
 
 
 def student_config(

@@ -152,9 +152,6 @@ class DataSource(_Section):
         named |= {"validation": self.validation, "test": self.test}
         return {role: path for role, path in named.items() if path is not None}
 
-    def separate(self) -> tuple[str | None, str | None, str | None]:
-        return self.train, self.validation, self.test
-
 
 class TeacherSpec(_Section):
     """The large model: a pretrained encoder tuned with LoRA, then merged."""
@@ -286,8 +283,10 @@ def _merged(*layers: dict[str, Any]) -> dict[str, Any]:
     result: dict[str, Any] = {}
     for layer in layers:
         for key, value in layer.items():
-            if isinstance(value, dict) and isinstance(result.get(key), dict):
-                result[key] = _merged(result[key], value)
+            if isinstance(value, dict):
+                # A copy even of a new mapping: a result never shares a mapping with a layer.
+                earlier = result.get(key)
+                result[key] = _merged(earlier if isinstance(earlier, dict) else {}, value)
             else:
                 result[key] = value
     return result
@@ -407,7 +406,8 @@ def shipped_tasks() -> list[str]:
 
 def shipped_task_file(name: str) -> Path:
     """The task file of a shipped task; PipelineError naming the shipped ones otherwise."""
-    if name not in shipped_tasks():
-        known = ", ".join(shipped_tasks())
+    shipped = shipped_tasks()
+    if name not in shipped:
+        known = ", ".join(shipped)
         raise PipelineError(f"unknown task {name!r}; shipped tasks: {known} (or use --task-file)")
     return Path(str(resources.files("services.pipeline") / "tasks" / f"{name}.yaml"))

@@ -27,7 +27,7 @@ from router import contract
 from router.client import Policy, RequestError
 from services.contracts.cache_schema import generation_key, prediction_key
 from services.contracts.model_repository import MODEL_FILE, latest_version
-from services.reliability.testbed import Testbed, publish_generation, task_labels
+from services.reliability.testbed import Testbed, publish_generation
 from services.reliability.traffic import Outcome, Traffic, TrafficPlan
 
 __all__ = [
@@ -75,7 +75,7 @@ class Corpus:
 
     @classmethod
     def publish(cls, bed: Testbed, size: int = 32) -> "Corpus":
-        labels = task_labels(bed.repository, bed.task)
+        labels = latest_version(bed.repository, bed.task).labels()
         cached = [f"reliability check {i}: parliament debates the budget" for i in range(size)]
         uncached = [f"uncached text {i} about a cup final and its fans" for i in range(size)]
         answers = {text: labels[i % len(labels)] for i, text in enumerate(cached)}

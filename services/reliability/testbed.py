@@ -24,14 +24,14 @@ from services.contracts.cache_schema import (
     generation_key,
     prediction_key,
 )
-from services.contracts.model_repository import latest_version, model_names
+from services.contracts.model_repository import model_names
 from services.processes.ports import free_port
 from services.processes.redis_server import RedisServer
 from services.processes.supervisor import ChildProcess, StartFailed
 from services.reliability.proxy import StallingProxy
 from services.triton.server import TritonServer, TritonSettings
 
-__all__ = ["RouterProcess", "Testbed", "publish_generation", "task_labels"]
+__all__ = ["RouterProcess", "Testbed", "publish_generation"]
 
 _SWITCHYARD = [sys.executable, "-m", "services.cli"]
 
@@ -117,11 +117,6 @@ class RouterProcess:
         """SIGTERM, SIGKILL after 15 s; returns the exit code (None if it was not running)."""
         process, self.process = self.process, None
         return None if process is None else process.stop(15.0)
-
-
-def task_labels(repository: Path, model: str) -> list[str]:
-    """The labels of the newest version of `model` in a model repository."""
-    return latest_version(repository, model).labels()
 
 
 def publish_generation(

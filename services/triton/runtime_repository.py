@@ -24,6 +24,7 @@ import onnxruntime as ort
 from services.contracts.model_repository import (
     CONFIG_FILE,
     MODEL_FILE,
+    SERVED_VERSIONS,
     model_names,
     parse_config,
     render_config,
@@ -109,7 +110,7 @@ class RuntimeRepository:
         config.ClearField("platform")
         config.backend = "python"
         config.name = name
-        config.version_policy.latest.num_versions = 2
+        config.version_policy.latest.num_versions = SERVED_VERSIONS
         if self._response_cache:
             config.response_cache.enable = True
         if self._onnx_threads is not None:
@@ -129,10 +130,10 @@ class RuntimeRepository:
             model_file = source_version / MODEL_FILE
             if self._is_good(f"{name}/{source_version.name}", model_file, inputs, outputs, report):
                 good.append((source_version.name, model_file))
-                if len(good) == 2:
+                if len(good) == SERVED_VERSIONS:
                     break
         keep = good[:1]
-        if len(good) == 2:
+        if len(good) == SERVED_VERSIONS:
             newest_since = self._mirrored_at.get((name, good[0][0]), time.monotonic())
             if time.monotonic() - newest_since < self._previous_version_seconds:
                 keep.append(good[1])
