@@ -5,7 +5,7 @@ mapping between the two is `router.contract`.
 """
 
 import enum
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 __all__ = ["Answer", "ModelAnswer", "Policy", "Prediction", "Route", "TaskInfo"]
 
@@ -61,3 +61,7 @@ class TaskInfo:
     cache_generation: str
     confidence_threshold: float
     max_text_length: int
+    candidate_version: str = ""
+    canary_weight: float = 0.0
+    shadow_share: float = 0.0
+    version_problems: list[str] = field(default_factory=list)

@@ -14,9 +14,9 @@ from collections.abc import Awaitable, Iterable, Sequence
 from typing import Any
 
 import redis.asyncio as redis
-from redis.asyncio.client import PubSub
 from redis.exceptions import RedisError
 
+from router.announcements import Announcements
 from router.errors import DependencyUnavailable
 from services.contracts.cache_schema import (
     GENERATIONS_CHANNEL,
@@ -78,9 +78,10 @@ class PredictionCache:
         self._poll_s = poll_s
         self._generations: dict[str, str] = {}
         self._created_at: dict[str, float] = {}
-        self._tasks: list[asyncio.Task[None]] = []
-        self._pubsub: PubSub | None = None
-        self._closing = False
+        self._poll: asyncio.Task[None] | None = None
+        self._announcements = Announcements(
+            client, GENERATIONS_CHANNEL, self._announced, self._refresh_quietly
+        )
 
     def generation(self, namespace: str) -> str | None:
         return self._generations.get(namespace)
@@ -106,43 +107,18 @@ class PredictionCache:
             self._created_at[namespace] = float(created_at)
 
     async def start(self) -> None:
-        with contextlib.suppress(DependencyUnavailable):
-            await self.refresh_generations()
-        self._tasks = [
-            asyncio.create_task(self._follow_announcements()),
-            asyncio.create_task(self._poll_generations()),
-        ]
+        await self._refresh_quietly()
+        self._announcements.start()
+        self._poll = asyncio.create_task(self._poll_generations())
 
     async def close(self) -> None:
-        self._closing = True
-        for task in self._tasks:
-            task.cancel()
-        pending = await self._settle(self._tasks, _CLOSE_WAIT_S / 10)
-        if pending and self._pubsub is not None:
-            # redis-py can lose a cancellation that lands in one of its calls (Python 3.11's
-            # asyncio.wait_for may swallow it); the task then reads the subscription forever.
-            # Closing the subscription's connection ends that read.
-            await self._pubsub.aclose()
-            pending = await self._settle(pending, _CLOSE_WAIT_S)
-        if pending:
-            _log.warning("%d cache tasks did not stop within %.0f s", len(pending), _CLOSE_WAIT_S)
+        if self._poll is not None:
+            self._poll.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._poll
+        if not await self._announcements.close(_CLOSE_WAIT_S):
+            _log.warning("generation announcements did not stop within %.0f s", _CLOSE_WAIT_S)
         await self._client.aclose()
-
-    @staticmethod
-    async def _settle(
-        tasks: Iterable[asyncio.Task[None]], timeout_s: float
-    ) -> set[asyncio.Task[None]]:
-        """Wait for `tasks` to end; the ones still running after `timeout_s`."""
-        tasks = list(tasks)
-        if not tasks:
-            return set()
-        done, pending = await asyncio.wait(tasks, timeout=timeout_s)
-        for task in done:
-            # Whatever a task died of while shutting down (cancelled, or a half-closed
-            # connection) no longer matters.
-            if not task.cancelled():
-                task.exception()
-        return pending
 
     async def _call(self, operation: str, timeout_s: float, call: Awaitable[Any]) -> Any:
         """Run one Redis call under the breaker and a timeout; errors become UNAVAILABLE."""
@@ -246,29 +222,18 @@ class PredictionCache:
             return False
         return True
 
-    async def _poll_generations(self) -> None:
-        while not self._closing:
-            await asyncio.sleep(self._poll_s)
-            with contextlib.suppress(DependencyUnavailable):
-                await self.refresh_generations()
+    async def _refresh_quietly(self) -> None:
+        with contextlib.suppress(DependencyUnavailable):
+            await self.refresh_generations()
 
-    async def _follow_announcements(self) -> None:
+    async def _poll_generations(self) -> None:
+        while True:
+            await asyncio.sleep(self._poll_s)
+            await self._refresh_quietly()
+
+    async def _announced(self, data: str) -> None:
         """Switch generations as soon as the batch job announces a flip."""
-        while not self._closing:
-            try:
-                pubsub = self._pubsub = self._client.pubsub()
-                await pubsub.subscribe(GENERATIONS_CHANNEL)
-                with contextlib.suppress(DependencyUnavailable):
-                    await self.refresh_generations()
-                async for message in pubsub.listen():
-                    if message.get("type") != "message":
-                        continue
-                    namespace, _, generation = message["data"].decode().partition(" ")
-                    if namespace in self._namespaces and generation:
-                        with contextlib.suppress(DependencyUnavailable):
-                            await self._switch(namespace, generation)
-            except (RedisError, OSError) as exc:
-                if self._closing:
-                    return
-                _log.warning("generation announcements lost (%s); retrying", type(exc).__name__)
-                await asyncio.sleep(1.0)
+        namespace, _, generation = data.partition(" ")
+        if namespace in self._namespaces and generation:
+            with contextlib.suppress(DependencyUnavailable):
+                await self._switch(namespace, generation)

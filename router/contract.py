@@ -112,6 +112,10 @@ def task_message(info: TaskInfo) -> router_pb2.TaskInfo:
         cache_generation=info.cache_generation,
         confidence_threshold=info.confidence_threshold,
         max_text_length=info.max_text_length,
+        candidate_version=info.candidate_version,
+        canary_weight=info.canary_weight,
+        shadow_share=info.shadow_share,
+        version_problems=info.version_problems,
     )
 
 
@@ -124,4 +128,8 @@ def task_from_message(message: router_pb2.TaskInfo) -> TaskInfo:
         cache_generation=message.cache_generation,
         confidence_threshold=message.confidence_threshold,
         max_text_length=message.max_text_length,
+        candidate_version=message.candidate_version,
+        canary_weight=message.canary_weight,
+        shadow_share=message.shadow_share,
+        version_problems=list(message.version_problems),
     )

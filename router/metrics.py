@@ -1,4 +1,5 @@
-"""Prometheus metrics of the router. Labels take only bounded values: task, route, code."""
+"""Prometheus metrics of the router. Labels take only bounded values: task, route, code, and
+the few model versions a router serves in its lifetime."""
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
@@ -42,11 +43,44 @@ class RouterMetrics:
             ["task"],
             registry=registry,
         )
+        # The model route by version and role: "stable", "candidate" (its canary share) or
+        # "shadow" (the candidate asked off the request path); the canary alerts compare them.
+        self.model_calls = Counter(
+            "switchyard_model_calls",
+            "Calls of a student version, by outcome (ok, error, deadline).",
+            ["task", "model_version", "role", "outcome"],
+            registry=registry,
+        )
+        self.model_call_latency = Histogram(
+            "switchyard_model_call_duration_seconds",
+            "Time of one successful call of a student version.",
+            ["task", "model_version", "role"],
+            buckets=_LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.model_texts = Counter(
+            "switchyard_model_texts",
+            "Texts a student version answered.",
+            ["task", "model_version", "role"],
+            registry=registry,
+        )
         self.confidence = Histogram(
             "switchyard_model_confidence",
             "Probability of the model's answer.",
-            ["task"],
+            ["task", "model_version", "role"],
             buckets=(0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 1.0),
+            registry=registry,
+        )
+        self.shadow_answers = Counter(
+            "switchyard_shadow_answers",
+            "Shadowed texts, by whether the candidate's label agreed with the stable one's.",
+            ["task", "model_version", "agreement"],
+            registry=registry,
+        )
+        self.shadow_dropped = Counter(
+            "switchyard_shadow_dropped",
+            "Texts sampled for shadowing but not shadowed (every slot busy, or the call failed).",
+            ["task"],
             registry=registry,
         )
         self.misses_queued = Counter(
@@ -67,9 +101,22 @@ class RouterMetrics:
             ["model"],
             registry=registry,
         )
+        self.candidate_version = Gauge(
+            "switchyard_model_candidate_version",
+            "The candidate version of each student model on canary or shadow; 0 for none.",
+            ["model"],
+            registry=registry,
+        )
+        self.canary_weight = Gauge(
+            "switchyard_model_canary_weight",
+            "Share of texts the candidate version answers.",
+            ["model"],
+            registry=registry,
+        )
         self.version_failures = Counter(
             "switchyard_model_version_failures_total",
-            "New versions Triton served whose files did not load in the router (never used).",
+            "Versions a model should serve but cannot: not in the repository, never READY in "
+            "Triton, or files that do not load in the router (never used).",
             ["model", "version"],
             registry=registry,
         )

@@ -5,7 +5,8 @@ to a few length buckets, so Triton's dynamic batcher can merge requests of equal
 """
 
 import asyncio
-from collections.abc import Sequence
+import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,8 +17,10 @@ from tritonclient.utils import InferenceServerException
 
 from router.answers import ModelAnswer
 from router.errors import DeadlineExceeded, DependencyUnavailable
+from router.rollout import Serving
 from services.contracts.model_io import OUTPUT_NAME, TextEncoder, softmax
 from services.contracts.model_repository import ModelVersion, version_dirs
+from services.contracts.rollout_schema import Rollout
 
 __all__ = ["ServedModel", "StudentClient", "VersionChange"]
 
@@ -57,76 +60,118 @@ class ServedModel:
 
 @dataclass(frozen=True)
 class VersionChange:
-    """What `StudentClient.follow_versions` did about one model."""
+    """What `StudentClient.follow_versions` did about one model, or found wrong with one of
+    its versions (`problem`: that version is not used, the current ones keep serving)."""
 
     model: str
     version: str
-    previous: str = ""
-    problem: str = ""
-    """Set when `version` could not be served (its files do not load); nothing switched."""
+    description: str
+    problem: bool = False
 
 
 class StudentClient:
-    def __init__(self, url: str, repository: Path, timeout_s: float, buckets: list[int]) -> None:
+    def __init__(
+        self,
+        url: str,
+        repository: Path,
+        timeout_s: float,
+        buckets: list[int],
+        ready_timeout_s: float = 60.0,
+    ) -> None:
         self._client = triton_aio.InferenceServerClient(url, channel_args=_CHANNEL_ARGS)
         self._repository = repository
         self._timeout_s = timeout_s
         self._buckets = sorted(buckets)
-        self._models: dict[str, ServedModel] = {}
-        # Versions whose files did not load, with their folder's change time when they failed.
-        self._broken: dict[tuple[str, str], int] = {}
+        self._ready_timeout_s = ready_timeout_s
+        self._serving: dict[str, Serving[ServedModel]] = {}
+        # Versions whose files did not load: their folder's change time then, and why.
+        self._broken: dict[tuple[str, str], tuple[int, str]] = {}
+        # Versions wanted but not READY in Triton, since when (monotonic clock).
+        self._unready_since: dict[tuple[str, str], float] = {}
+        # What keeps each model's wanted versions from serving, by version.
+        self._problems: dict[str, dict[str, str]] = {}
 
     async def load(self, model_names: Sequence[str]) -> None:
-        """Pick each model's newest version that Triton serves (or the repository's newest)."""
+        """Pick each model's newest version that Triton serves and whose files load (the
+        repository's newest that loads, while Triton is not up); a version that does not load
+        is remembered as broken, so a router started during a bad rollout still serves."""
         for name in model_names:
             versions = [path.name for path in version_dirs(self._repository / name)]
             if not versions:
                 raise FileNotFoundError(f"no version of model {name!r} in {self._repository}")
-            served = versions[-1]
+            served: list[str] = []
             try:
                 metadata = await self._client.get_model_metadata(name, as_json=True)
-                available = [v for v in metadata.get("versions", []) if v in versions]
-                served = max(available, key=int) if available else served
+                served = [v for v in metadata.get("versions", []) if v in versions]
             except InferenceServerException:
                 pass  # Triton not up yet: serve what the repository holds.
-            files = ModelVersion.of(self._repository, name, served)
-            self._models[name] = ServedModel.load(files)
+            order = sorted(served, key=int, reverse=True) or list(reversed(versions))
+            problems = []
+            for version in order:
+                folder = self._repository / name / version
+                try:
+                    model = ServedModel.load(ModelVersion.of(self._repository, name, version))
+                except Exception as exc:  # tokenizers and json raise many kinds
+                    problem = f"its files do not load: {exc}"
+                    self._broken[(name, version)] = (_changed_at(folder), problem)
+                    problems.append(f"version {version}: {problem}")
+                    continue
+                self._serving[name] = Serving(model)
+                break
+            else:
+                raise ValueError(f"no version of model {name!r} loads: {'; '.join(problems)}")
 
     def model(self, name: str) -> ServedModel:
-        return self._models[name]
+        """The stable version of a model."""
+        return self._serving[name].stable
 
-    async def follow_versions(self) -> list[VersionChange]:
-        """Move each model to the newest version of the repository that Triton reports READY
-        and whose files load here; a version that is not ready, or broken, is never used and
-        the current one keeps serving. One assignment per switch: a request uses the old
-        version or the new one, and its answer names the one that computed it."""
-        changes = []
-        for name, current in list(self._models.items()):
-            for folder in reversed(version_dirs(self._repository / name)):
-                version = folder.name
-                if version != current.version and self._still_broken(name, folder):
-                    continue
-                if not await self._version_ready(name, version):
-                    continue
-                if version == current.version:
-                    break
-                try:
-                    served = ServedModel.load(ModelVersion.of(self._repository, name, version))
-                except Exception as exc:  # tokenizers and json raise many kinds
-                    self._broken[(name, version)] = folder.stat().st_mtime_ns
-                    changes.append(VersionChange(name, version, current.version, str(exc)))
-                    continue
-                self._models[name] = served
-                changes.append(VersionChange(name, version, current.version))
-                break
+    def serving(self, name: str) -> Serving[ServedModel]:
+        return self._serving[name]
+
+    def problems(self, name: str) -> list[str]:
+        """Why versions the model should serve do not, one line each."""
+        found = self._problems.get(name, {})
+        return [f"version {version}: {problem}" for version, problem in sorted(found.items())]
+
+    async def follow_versions(self, rollouts: Mapping[str, Rollout]) -> list[VersionChange]:
+        """Move each model to what its rollout record asks, using only versions Triton
+        reports READY and whose files load here; with no record, to the newest such version.
+        A version that is not ready, or broken, is never used and the current ones keep
+        serving. One assignment per switch: a request uses the old versions or the new ones,
+        and its answer names the one that computed it."""
+        changes: list[VersionChange] = []
+        for name, current in list(self._serving.items()):
+            rollout = rollouts.get(name, Rollout())
+            versions = [folder.name for folder in version_dirs(self._repository / name)]
+            ready = await self._ready_versions(name, versions)
+            found: dict[str, str] = {}
+            usable = _Usable(self, name, versions, ready, current, found)
+            stable = await usable.pinned(rollout.stable) if rollout.stable else None
+            if stable is None and rollout.stable and current.stable.version in ready:
+                stable = current.stable
+            if stable is None:
+                stable = await usable.newest() or current.stable
+            candidate = None
+            if rollout.candidate and rollout.candidate != stable.version:
+                candidate = await usable.pinned(rollout.candidate)
+            serving = Serving(
+                stable,
+                candidate,
+                rollout.weight if candidate else 0.0,
+                rollout.shadow if candidate else 0.0,
+            )
+            for version, problem in sorted(found.items()):
+                if self._problems.get(name, {}).get(version) != problem:
+                    changes.append(VersionChange(name, version, problem, problem=True))
+            self._problems[name] = found
+            if serving.versions != current.versions:
+                self._serving[name] = serving
+                changes.append(VersionChange(name, stable.version, _describe(serving, current)))
         return changes
 
-    def _still_broken(self, name: str, folder: Path) -> bool:
-        failed_at = self._broken.get((name, folder.name))
-        try:
-            return failed_at is not None and folder.stat().st_mtime_ns == failed_at
-        except OSError:
-            return True
+    async def _ready_versions(self, name: str, versions: Sequence[str]) -> set[str]:
+        ready = await asyncio.gather(*(self._version_ready(name, v) for v in versions))
+        return {version for version, up in zip(versions, ready, strict=True) if up}
 
     async def _version_ready(self, name: str, version: str) -> bool:
         try:
@@ -137,7 +182,7 @@ class StudentClient:
     @property
     def loaded(self) -> set[str]:
         """The models `load` has loaded."""
-        return set(self._models)
+        return set(self._serving)
 
     async def close(self) -> None:
         await self._client.close()
@@ -161,9 +206,8 @@ class StudentClient:
         return inputs
 
     async def classify(
-        self, name: str, texts: Sequence[str], timeout_s: float
-    ) -> tuple[ServedModel, list[ModelAnswer]]:
-        model = self._models[name]
+        self, model: ServedModel, texts: Sequence[str], timeout_s: float
+    ) -> list[ModelAnswer]:
         budget = min(timeout_s, self._timeout_s)
         if budget <= 0:
             raise DeadlineExceeded("the deadline ran out before the model could be called")
@@ -190,4 +234,90 @@ class StudentClient:
             best = int(row.argmax())
             scores = {label: float(p) for label, p in zip(model.labels, row, strict=True)}
             answers.append(ModelAnswer(model.labels[best], float(row[best]), scores))
-        return model, answers
+        return answers
+
+
+class _Usable:
+    """One pass of `StudentClient.follow_versions` over one model: which of its versions
+    may serve, and what is wrong with the ones that may not (into `problems`)."""
+
+    def __init__(
+        self,
+        client: StudentClient,
+        name: str,
+        versions: list[str],
+        ready: set[str],
+        current: Serving[ServedModel],
+        problems: dict[str, str],
+    ) -> None:
+        self._client = client
+        self._name = name
+        self._versions = versions
+        self._ready = ready
+        self._current = current
+        self._problems = problems
+
+    async def pinned(self, version: str) -> ServedModel | None:
+        if version not in self._versions:
+            self._problems[version] = "not in the model repository"
+            return None
+        return await self._load(version, waited=True)
+
+    async def newest(self) -> ServedModel | None:
+        """The newest usable version no older than the current stable one; an older one
+        only once Triton no longer serves the current one."""
+        current = self._current.stable.version
+        for version in reversed(self._versions):
+            if int(version) < int(current) and current in self._ready:
+                break
+            model = await self._load(version, waited=version != self._current.stable.version)
+            if model is not None:
+                return model
+        return None
+
+    async def _load(self, version: str, waited: bool) -> ServedModel | None:
+        """The version's files, once Triton reports it READY; `waited`: a version that stays
+        not ready past the client's ready timeout is a problem."""
+        client, key = self._client, (self._name, version)
+        folder = client._repository / self._name / version
+        broken = client._broken.get(key)
+        if broken is not None:
+            if _changed_at(folder) == broken[0]:
+                self._problems[version] = broken[1]
+                return None
+            del client._broken[key]
+        if version not in self._ready:
+            since = client._unready_since.setdefault(key, time.monotonic())
+            if waited and time.monotonic() - since >= client._ready_timeout_s:
+                self._problems[version] = (
+                    f"Triton has not reported it READY for {client._ready_timeout_s:.0f} s"
+                )
+            return None
+        client._unready_since.pop(key, None)
+        for loaded in (self._current.stable, self._current.candidate):
+            if loaded is not None and loaded.version == version:
+                return loaded
+        try:
+            return ServedModel.load(ModelVersion.of(client._repository, self._name, version))
+        except Exception as exc:  # tokenizers and json raise many kinds
+            problem = f"its files do not load: {exc}"
+            client._broken[key] = (_changed_at(folder), problem)
+            self._problems[version] = problem
+            return None
+
+
+def _changed_at(folder: Path) -> int:
+    try:
+        return folder.stat().st_mtime_ns
+    except OSError:
+        return 0
+
+
+def _describe(serving: Serving[ServedModel], before: Serving[ServedModel]) -> str:
+    text = f"version {serving.stable.version} answers (was {before.stable.version})"
+    if serving.candidate is not None:
+        text += (
+            f"; candidate version {serving.candidate.version} takes {serving.weight:.0%} of "
+            f"the texts and shadows {serving.shadow:.0%} of the rest"
+        )
+    return text

@@ -5,43 +5,40 @@ No gRPC types here: `router.servicer` converts messages to these calls and error
 
 import asyncio
 import logging
+import random
 import time
-from collections.abc import Sequence
-from typing import Protocol
+from collections.abc import Coroutine, Sequence
+from typing import Any, Protocol, TypeVar
 
 from router.answers import Answer, ModelAnswer, Policy, Route, TaskInfo
 from router.cache import PredictionCache
 from router.errors import CacheMiss, DeadlineExceeded, DependencyUnavailable, InvalidRequest
 from router.metrics import RouterMetrics
+from router.rollout import Serving, StudentModel
 from router.settings import RouterSettings, TaskSettings
 from services.contracts.cache_schema import CachedPrediction
 
-__all__ = ["Router", "Student", "StudentModel"]
+__all__ = ["Router", "Student"]
 
 _log = logging.getLogger(__name__)
+ModelT = TypeVar("ModelT", bound=StudentModel)
 
 
-class StudentModel(Protocol):
-    """The served version of a student model."""
-
-    @property
-    def name(self) -> str: ...
-    @property
-    def version(self) -> str: ...
-    @property
-    def labels(self) -> list[str]: ...
-
-
-class Student(Protocol):
+class Student(Protocol[ModelT]):
     """The model route: `router.model.StudentClient` on Triton, or a stand-in in tests."""
 
-    def model(self, name: str) -> StudentModel: ...
+    def serving(self, name: str) -> Serving[ModelT]:
+        """The versions that answer the model's traffic now."""
+        ...
+
+    def problems(self, name: str) -> list[str]:
+        """Why versions the model should serve do not, one line each."""
+        ...
 
     async def classify(
-        self, name: str, texts: Sequence[str], timeout_s: float
-    ) -> tuple[StudentModel, list[ModelAnswer]]:
-        """The answers of the version that served them; DeadlineExceeded or
-        DependencyUnavailable when the model cannot answer in time."""
+        self, model: ModelT, texts: Sequence[str], timeout_s: float
+    ) -> list[ModelAnswer]:
+        """DeadlineExceeded or DependencyUnavailable when the model cannot answer in time."""
         ...
 
 
@@ -51,7 +48,7 @@ class Router:
         settings: RouterSettings,
         tasks: dict[str, TaskSettings],
         cache: PredictionCache,
-        student: Student,
+        student: Student[Any],
         metrics: RouterMetrics,
     ) -> None:
         self._settings = settings
@@ -60,6 +57,7 @@ class Router:
         self._student = student
         self._metrics = metrics
         self._background: set[asyncio.Task[None]] = set()
+        self._shadows_in_flight = 0
 
     @property
     def tasks(self) -> dict[str, TaskSettings]:
@@ -81,16 +79,22 @@ class Router:
         """Every task, in name order, with the version and generation that answer it now."""
         described = []
         for name, settings in sorted(self._tasks.items()):
-            model = self._student.model(settings.model)
+            serving = self._student.serving(settings.model)
             described.append(
                 TaskInfo(
                     task=name,
-                    labels=list(model.labels),
-                    model=model.name,
-                    model_version=model.version,
+                    labels=list(serving.stable.labels),
+                    model=serving.stable.name,
+                    model_version=serving.stable.version,
                     cache_generation=self._cache.generation(settings.cache_namespace) or "",
                     confidence_threshold=settings.confidence_threshold,
                     max_text_length=settings.max_text_length,
+                    candidate_version=""
+                    if serving.candidate is None
+                    else serving.candidate.version,
+                    canary_weight=serving.weight,
+                    shadow_share=serving.shadow,
+                    version_problems=self._student.problems(settings.model),
                 )
             )
         return described
@@ -145,7 +149,7 @@ class Router:
                     settings.cache_namespace,
                     generation,
                     texts,
-                    self._student.model(settings.model).labels,
+                    self._student.serving(settings.model).stable.labels,
                     self._remaining(deadline),
                 )
                 self._metrics.cache_malformed.labels(task).inc(malformed)
@@ -169,13 +173,12 @@ class Router:
                 f"(generation {generation or 'none'})"
             )
         if missing:
-            model, results = await self._student.classify(
-                settings.model, [texts[i] for i in missing], self._remaining(deadline)
-            )
+            serving = self._student.serving(settings.model)
+            asked = [texts[i] for i in missing]
+            answered = await self._ask_model(task, serving, asked, deadline)
             threshold = min_confidence or settings.confidence_threshold
             unsure = []
-            for index, result in zip(missing, results, strict=True):
-                self._metrics.confidence.labels(task).observe(result.score)
+            for index, (model, result) in zip(missing, answered, strict=True):
                 answers[index] = Answer(
                     label=result.label,
                     score=result.score,
@@ -199,6 +202,128 @@ class Router:
             raise DeadlineExceeded("the request's deadline passed before it could be answered")
         return remaining
 
+    async def _ask_model(
+        self, task: str, serving: Serving[StudentModel], texts: list[str], deadline: float | None
+    ) -> list[tuple[StudentModel, ModelAnswer]]:
+        """Each text's answer and the version that computed it. During a canary the candidate
+        answers its share of the texts and the stable version the rest, in parallel; when the
+        candidate fails, the stable version answers its texts too."""
+        to_candidate = serving.to_candidate(texts)
+        candidate = serving.candidate
+        if candidate is None or not any(to_candidate):
+            answers = await self._call_model(task, serving.stable, "stable", texts, deadline)
+            self._shadow(task, serving, texts, answers)
+            return [(serving.stable, answer) for answer in answers]
+        stable_texts = [
+            text for text, chosen in zip(texts, to_candidate, strict=True) if not chosen
+        ]
+        candidate_texts = [text for text, chosen in zip(texts, to_candidate, strict=True) if chosen]
+
+        async def on_candidate() -> tuple[StudentModel, list[ModelAnswer]]:
+            try:
+                return candidate, await self._call_model(
+                    task, candidate, "candidate", candidate_texts, deadline
+                )
+            except DependencyUnavailable:  # counted by version in _call_model
+                return serving.stable, await self._call_model(
+                    task, serving.stable, "stable", candidate_texts, deadline
+                )
+
+        async def on_stable() -> list[ModelAnswer]:
+            if not stable_texts:
+                return []
+            return await self._call_model(task, serving.stable, "stable", stable_texts, deadline)
+
+        from_candidate, from_stable = await asyncio.gather(
+            on_candidate(), on_stable(), return_exceptions=True
+        )
+        # Both calls end by the deadline; the first failure is the request's.
+        if isinstance(from_candidate, BaseException):
+            raise from_candidate
+        if isinstance(from_stable, BaseException):
+            raise from_stable
+        candidate_model, candidate_answers = from_candidate
+        stable_answers = from_stable
+        by_candidate = iter(candidate_answers)
+        by_stable = iter(stable_answers)
+        return [
+            (candidate_model, next(by_candidate)) if chosen else (serving.stable, next(by_stable))
+            for chosen in to_candidate
+        ]
+
+    async def _call_model(
+        self,
+        task: str,
+        model: StudentModel,
+        role: str,
+        texts: Sequence[str],
+        deadline: float | None,
+    ) -> list[ModelAnswer]:
+        """One call of one version, measured by version and role."""
+        started = time.perf_counter()
+        try:
+            answers = await self._student.classify(model, texts, self._remaining(deadline))
+        except DeadlineExceeded:
+            self._metrics.model_calls.labels(task, model.version, role, "deadline").inc()
+            raise
+        except DependencyUnavailable:
+            self._metrics.model_calls.labels(task, model.version, role, "error").inc()
+            raise
+        self._metrics.model_calls.labels(task, model.version, role, "ok").inc()
+        self._metrics.model_call_latency.labels(task, model.version, role).observe(
+            time.perf_counter() - started
+        )
+        self._metrics.model_texts.labels(task, model.version, role).inc(len(answers))
+        confidence = self._metrics.confidence.labels(task, model.version, role)
+        for answer in answers:
+            confidence.observe(answer.score)
+        return answers
+
+    def _shadow(
+        self,
+        task: str,
+        serving: Serving[StudentModel],
+        texts: Sequence[str],
+        answers: Sequence[ModelAnswer],
+    ) -> None:
+        """Ask the candidate too, off the request path, for a `shadow` share of the stable
+        version's answers, and count how often the two agree. Bounded: a sample that finds
+        every shadow slot taken is dropped, never queued."""
+        candidate = serving.candidate
+        if candidate is None or serving.shadow <= 0.0:
+            return
+        sampled = [
+            (text, answer)
+            for text, answer in zip(texts, answers, strict=True)
+            if random.random() < serving.shadow
+        ]
+        if not sampled:
+            return
+        if self._shadows_in_flight >= self._settings.shadow_max_concurrency:
+            self._metrics.shadow_dropped.labels(task).inc(len(sampled))
+            return
+        self._shadows_in_flight += 1
+
+        async def shadow() -> None:
+            try:
+                shadowed = await self._call_model(
+                    task,
+                    candidate,
+                    "shadow",
+                    [text for text, _ in sampled],
+                    time.monotonic() + self._settings.triton_timeout_ms / 1000,
+                )
+            except (DependencyUnavailable, DeadlineExceeded):
+                self._metrics.shadow_dropped.labels(task).inc(len(sampled))
+                return
+            finally:
+                self._shadows_in_flight -= 1
+            for (_, stable_answer), candidate_answer in zip(sampled, shadowed, strict=True):
+                agreed = "agree" if candidate_answer.label == stable_answer.label else "disagree"
+                self._metrics.shadow_answers.labels(task, candidate.version, agreed).inc()
+
+        self._run_in_background(shadow())
+
     def _queue_misses(self, task: str, namespace: str, texts: list[str]) -> None:
         """Queue low-confidence texts for the next offline run, off the request path."""
 
@@ -210,7 +335,10 @@ class Router:
                 return
             self._metrics.misses_queued.labels(task).inc(queued)
 
-        job = asyncio.create_task(queue())
+        self._run_in_background(queue())
+
+    def _run_in_background(self, work: Coroutine[Any, Any, None]) -> None:
+        job = asyncio.create_task(work)
         self._background.add(job)
         job.add_done_callback(self._background.discard)
 

@@ -18,6 +18,7 @@ from router import contract
 from router.cache import CircuitBreaker, PredictionCache
 from router.metrics import RouterMetrics
 from router.model import StudentClient
+from router.rollout import RolloutRecords
 from router.routing import Router
 from router.servicer import RouterServicer, add_router_to_server
 from router.settings import RouterSettings, TaskSettings
@@ -25,7 +26,7 @@ from router.tasks import read_tasks, repository_state
 from router.tls import server_credentials
 from services.contracts.redis_connection import async_client
 
-__all__ = ["prediction_cache", "serve", "student_client"]
+__all__ = ["prediction_cache", "rollout_records", "serve", "student_client"]
 
 _log = logging.getLogger(__name__)
 _SERVING = health_pb2.HealthCheckResponse.SERVING
@@ -55,6 +56,19 @@ def student_client(settings: RouterSettings) -> StudentClient:
         settings.model_repository,
         timeout_s=settings.triton_timeout_ms / 1000,
         buckets=settings.length_buckets,
+        ready_timeout_s=settings.version_ready_timeout_seconds,
+    )
+
+
+def rollout_records(settings: RouterSettings, changed: asyncio.Event) -> RolloutRecords:
+    """The rollout records in Redis, followed for the version poll (not started)."""
+    connect_timeout = max(settings.redis_timeout_ms / 1000, 0.5)
+    client: redis.Redis = async_client(
+        settings, cluster=settings.redis_cluster, socket_connect_timeout=connect_timeout
+    )
+    # Off the request path: a slow Redis may take longer than a cache read is allowed.
+    return RolloutRecords(
+        client, timeout_s=max(settings.redis_timeout_ms / 1000, 1.0), changed=changed
     )
 
 
@@ -144,17 +158,37 @@ async def _apply_tasks(
     return usable == wanted
 
 
+async def _loadable(
+    tasks: dict[str, TaskSettings], student: StudentClient, problems: list[str]
+) -> dict[str, TaskSettings]:
+    """The tasks whose model has a version that loads (loaded now); the others are left to
+    the task poll (`_follow_tasks`), so one broken model does not keep the rest from serving."""
+    loadable = {}
+    for name, task in tasks.items():
+        if task.model not in student.loaded:
+            try:
+                await student.load([task.model])
+            except (FileNotFoundError, ValueError) as exc:
+                problems.append(f"task {name!r}: {exc}")
+                _log.warning("task %r is not served yet: %s", name, exc)
+                continue
+        loadable[name] = task
+    if not loadable:
+        raise ValueError(f"no task to serve: {'; '.join(problems)}")
+    return loadable
+
+
 async def _follow_tasks(
     settings: RouterSettings,
     router: Router,
     cache: PredictionCache,
     student: StudentClient,
     nudged: asyncio.Event,
+    complete: bool,
 ) -> None:
-    """Re-read the task set when the repository changes, on SIGHUP, and while a new task
-    waits for its model."""
+    """Re-read the task set when the repository changes, on SIGHUP, and while a task waits
+    for its model (`complete` is False when one already waits)."""
     state = repository_state(settings.model_repository)
-    complete = True
     while True:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(nudged.wait(), settings.task_poll_seconds)
@@ -170,30 +204,46 @@ async def _follow_tasks(
 
 
 async def _follow_versions(
-    settings: RouterSettings, student: StudentClient, metrics: RouterMetrics
+    settings: RouterSettings,
+    student: StudentClient,
+    records: RolloutRecords,
+    changed: asyncio.Event,
+    metrics: RouterMetrics,
 ) -> None:
-    """Move to each model's newest version once Triton serves it (`StudentClient`)."""
+    """Keep each model on the versions its rollout record asks for, or on the newest one
+    Triton serves (`StudentClient.follow_versions`): every poll, and at once when a record
+    changes."""
     while True:
-        for name in student.loaded:
-            metrics.served_version.labels(name).set(int(student.model(name).version))
-        await asyncio.sleep(settings.version_poll_seconds)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(changed.wait(), settings.version_poll_seconds)
+        changed.clear()
         try:
-            changes = await student.follow_versions()
+            await _move_versions(student, records, metrics)
         except Exception:  # keep the served versions; the next poll tries again
             _log.exception("could not check the served versions")
-            continue
-        for change in changes:
-            if change.problem:
-                metrics.version_failures.labels(change.model, change.version).inc()
-                _log.warning(
-                    "model %s version %s is not used (version %s keeps serving): %s",
-                    change.model, change.version, change.previous, change.problem,
-                )  # fmt: skip
-            else:
-                _log.info(
-                    "model %s now answers with version %s (was %s)",
-                    change.model, change.version, change.previous,
-                )  # fmt: skip
+
+
+async def _move_versions(
+    student: StudentClient, records: RolloutRecords, metrics: RouterMetrics
+) -> None:
+    rollouts = await records.read(sorted(student.loaded))
+    for change in await student.follow_versions(rollouts):
+        if change.problem:
+            metrics.version_failures.labels(change.model, change.version).inc()
+            _log.warning(
+                "model %s version %s is not used: %s", change.model, change.version,
+                change.description,
+            )  # fmt: skip
+        else:
+            _log.info("model %s: %s", change.model, change.description)
+    for name in student.loaded:
+        serving = student.serving(name)
+        metrics.served_version.labels(name).set(int(serving.stable.version))
+        candidate = serving.candidate
+        metrics.candidate_version.labels(name).set(
+            0 if candidate is None else int(candidate.version)
+        )
+        metrics.canary_weight.labels(name).set(serving.weight)
 
 
 async def _cancel(task: "asyncio.Task[None]") -> None:
@@ -214,10 +264,15 @@ async def serve(settings: RouterSettings, ready: asyncio.Event | None = None) ->
         if not found.tasks:
             reasons = "; ".join(found.problems) or f"{settings.model_repository} holds no model"
             raise ValueError(f"no task to serve: {reasons}")
-        tasks = found.tasks
         student = student_client(settings)
         resources.push_async_callback(student.close)
-        await student.load(sorted({task.model for task in tasks.values()}))
+        tasks = await _loadable(found.tasks, student, found.problems)
+        versions_changed = asyncio.Event()
+        records = rollout_records(settings, versions_changed)
+        resources.push_async_callback(records.close)
+        # Before the first request: a router started during a rollout serves what it asks.
+        await _move_versions(student, records, metrics)
+        records.start()
         cache = prediction_cache(settings, tasks)
         await cache.start()
         resources.push_async_callback(cache.close)
@@ -257,9 +312,13 @@ async def serve(settings: RouterSettings, ready: asyncio.Event | None = None) ->
             _watch_health(settings, router, cache, student, health_servicer, metrics)
         )
         resources.push_async_callback(_cancel, health_task)
-        tasks_watch = asyncio.create_task(_follow_tasks(settings, router, cache, student, nudged))
+        tasks_watch = asyncio.create_task(
+            _follow_tasks(settings, router, cache, student, nudged, tasks == found.tasks)
+        )
         resources.push_async_callback(_cancel, tasks_watch)
-        versions_watch = asyncio.create_task(_follow_versions(settings, student, metrics))
+        versions_watch = asyncio.create_task(
+            _follow_versions(settings, student, records, versions_changed, metrics)
+        )
         resources.push_async_callback(_cancel, versions_watch)
         _log.info("router listening on %s, metrics on :%d", address, settings.metrics_port)
         if ready is not None:

@@ -81,6 +81,12 @@ class RouterSettings(RedisSettings, BaseSettings):
     version_poll_seconds: float = Field(
         1.0, gt=0, description="how often each model's served versions are checked"
     )
+    version_ready_timeout_seconds: float = Field(
+        60.0, gt=0, description="a wanted version not READY in Triton this long is reported"
+    )
+    shadow_max_concurrency: int = Field(
+        4, gt=0, description="shadow calls in flight at most; more samples are dropped"
+    )
     task_poll_seconds: float = Field(
         2.0, gt=0, description="how often the model repository is checked for task changes"
     )

@@ -1,21 +1,28 @@
-"""`switchyard models`: build the teacher and student of each task, and print a build's report."""
+"""`switchyard models`: build the teacher and student of each task, print a build's report, and
+roll versions out (canary, promote, rollback)."""
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
-from services.cli._output import fail, percent
+from services.cli._output import fail, percent, say, settings_error
 from services.contracts.build_layout import DEFAULT_SEED
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from services.contracts.build_report import BuildReport
+    from services.contracts.rollout_schema import Rollout
+    from services.pipeline.rollout import Rollouts
 
 __all__ = ["app", "report_tables"]
 
-app = typer.Typer(help="Build, evaluate and export the teacher and student models.")
+app = typer.Typer(
+    help="Build, evaluate and export the teacher and student models; roll versions out."
+)
 
 
 def report_tables(report: "BuildReport") -> list[Table]:
@@ -176,3 +183,126 @@ def report(
             f"no report at {layout.report_file}; run `switchyard models build --out {out}` first"
         )
     _print_report(built)
+
+
+_REPOSITORY_HELP = "Model repository, to refuse versions it does not hold (when it exists)."
+_DEFAULT_REPOSITORY = Path("build/model_repository")
+
+
+def _rollouts(repository: Path, redis_url: str | None) -> "Rollouts":
+    from pydantic import ValidationError
+
+    from services.pipeline.rollout import Rollouts, RolloutSettings
+
+    overrides: dict[str, Any] = {} if redis_url is None else {"redis_url": redis_url}
+    try:
+        settings = RolloutSettings(**overrides)
+    except ValidationError as exc:
+        raise settings_error("rollout settings", exc) from None
+    return Rollouts.connect(settings, repository)
+
+
+def _change_rollout(
+    task: str, repository: Path, redis_url: str | None, change: "Callable[[Rollouts], Rollout]"
+) -> None:
+    from services.pipeline.rollout import RolloutError
+
+    rollouts = _rollouts(repository, redis_url)
+    try:
+        record = change(rollouts)
+    except RolloutError as exc:
+        raise fail(str(exc)) from None
+    finally:
+        rollouts.close()
+    say(f"{task}: {_describe_rollout(record)}; every router follows within a second or two")
+
+
+def _describe_rollout(record: "Rollout") -> str:
+    text = f"stable version {record.stable} (pinned)" if record.stable else "the newest version"
+    if record.candidate:
+        text += (
+            f", candidate version {record.candidate} answering {record.weight:.0%} of the "
+            f"texts and shadowing {record.shadow:.0%} of the rest"
+        )
+    if record.previous:
+        text += f"; rollback returns to version {record.previous}"
+    return text
+
+
+_RedisUrl = Annotated[
+    str | None, typer.Option(help="Redis URL; prefer SWITCHYARD_ROLLOUT_REDIS_URL.")
+]
+_Repository = Annotated[Path, typer.Option(help=_REPOSITORY_HELP)]
+
+
+@app.command("canary")
+def canary(
+    task: Annotated[str, typer.Argument(help="The task's model in the repository.")],
+    version: Annotated[str, typer.Argument(help="The candidate version.")],
+    weight: Annotated[
+        float, typer.Option(help="Share of texts the candidate answers, 0 to 1.")
+    ] = 0.05,
+    shadow: Annotated[
+        float,
+        typer.Option(help="Share of the other texts also asked of the candidate, 0 to 1."),
+    ] = 0.0,
+    model_repository: _Repository = _DEFAULT_REPOSITORY,
+    redis_url: _RedisUrl = None,
+) -> None:
+    """Serve VERSION beside the stable version to a share of the texts (by a stable hash of
+    each text), and optionally shadow it on the rest; `rollback` ends it, `promote` adopts it."""
+    _change_rollout(
+        task, model_repository, redis_url, lambda r: r.canary(task, version, weight, shadow)
+    )
+
+
+@app.command("promote")
+def promote(
+    task: Annotated[str, typer.Argument(help="The task's model in the repository.")],
+    version: Annotated[
+        str, typer.Argument(help="The version to serve, or `latest` to follow the newest.")
+    ],
+    model_repository: _Repository = _DEFAULT_REPOSITORY,
+    redis_url: _RedisUrl = None,
+) -> None:
+    """Serve VERSION as the stable version on every router (a canary ends)."""
+    _change_rollout(task, model_repository, redis_url, lambda r: r.promote(task, version))
+
+
+@app.command("rollback")
+def rollback(
+    task: Annotated[str, typer.Argument(help="The task's model in the repository.")],
+    model_repository: _Repository = _DEFAULT_REPOSITORY,
+    redis_url: _RedisUrl = None,
+) -> None:
+    """End a canary; without one, serve the version from before the last promote (or the
+    one before the served version)."""
+    _change_rollout(task, model_repository, redis_url, lambda r: r.rollback(task))
+
+
+@app.command("rollout")
+def rollout(
+    tasks: Annotated[
+        list[str] | None,
+        typer.Argument(help="Models to show (default: every model of the repository)."),
+    ] = None,
+    model_repository: _Repository = _DEFAULT_REPOSITORY,
+    redis_url: _RedisUrl = None,
+) -> None:
+    """Print each model's rollout record: which versions every router serves."""
+    from services.contracts.model_repository import model_names
+    from services.pipeline.rollout import RolloutError
+
+    names = list(tasks or [])
+    if not names and model_repository.is_dir():
+        names = model_names(model_repository)
+    if not names:
+        raise fail(f"name a task: {model_repository} holds no model")
+    rollouts = _rollouts(model_repository, redis_url)
+    try:
+        for name in names:
+            say(f"{name}: {_describe_rollout(rollouts.read(name))}")
+    except RolloutError as exc:
+        raise fail(str(exc)) from None
+    finally:
+        rollouts.close()

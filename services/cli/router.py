@@ -1,4 +1,5 @@
-"""`switchyard router` (serve, check) and `switchyard predict`: the gRPC router and its client."""
+"""`switchyard router` (serve, check, tasks) and `switchyard predict`: the router and its
+client."""
 
 from pathlib import Path
 from typing import Annotated
@@ -84,9 +85,51 @@ def check(
     print("SERVING")
 
 
+@app.command("tasks")
+def tasks(
+    address: Annotated[str, typer.Option(help="Router address.")] = "127.0.0.1:50051",
+    timeout: Annotated[float, typer.Option(help="Deadline in seconds.")] = 2.0,
+    tls_ca_file: ClientTlsCaFile = None,
+    tls_cert_file: ClientTlsCertFile = None,
+    tls_key_file: ClientTlsKeyFile = None,
+    tls_server_name: ClientTlsServerName = None,
+) -> None:
+    """List the router's tasks: the versions answering each (stable, a canary's candidate),
+    its cache generation, and why a version it should serve does not."""
+    from router.client import RequestError, RouterClient
+
+    tls = tls_config(tls_ca_file, tls_cert_file, tls_key_file, tls_server_name)
+    try:
+        with RouterClient(address, tls=tls, timeout_s=timeout, retries=0) as client:
+            infos = client.list_tasks()
+    except (OSError, ValueError) as exc:
+        raise fail(f"router tasks: {exc}") from None
+    except RequestError as exc:
+        raise fail(f"router at {address}: {exc}") from None
+    table = Table(title=f"tasks of {address}")
+    for column in ("task", "labels", "model", "candidate", "generation", "version problems"):
+        table.add_column(column)
+    for info in infos:
+        candidate = ""
+        if info.candidate_version:
+            candidate = (
+                f"v{info.candidate_version}: {info.canary_weight:.0%} canary, "
+                f"{info.shadow_share:.0%} shadow"
+            )
+        table.add_row(
+            info.task,
+            str(len(info.labels)),
+            f"{info.model} v{info.model_version}",
+            candidate,
+            info.cache_generation or "none",
+            "\n".join(info.version_problems),
+        )
+    Console(width=140).print(table)
+
+
 def predict(
     texts: Annotated[list[str], typer.Argument(help="Texts to classify.")],
-    task: Annotated[str, typer.Option(help="Task name (`switchyard router check` lists them).")],
+    task: Annotated[str, typer.Option(help="Task name (`switchyard router tasks` lists them).")],
     policy: Annotated[str, typer.Option(help="auto, cache_only or model_only.")] = "auto",
     address: Annotated[str, typer.Option(help="Router address.")] = "127.0.0.1:50051",
     timeout: Annotated[float, typer.Option(help="Deadline in seconds.")] = 5.0,

@@ -29,7 +29,10 @@ def serve(
     ready_timeout: Annotated[float | None, typer.Option(help="Seconds to wait for ready.")] = None,
     previous_version_seconds: Annotated[
         float | None,
-        typer.Option(help="Seconds a replaced version keeps serving beside its successor [30]."),
+        typer.Option(
+            help="Seconds a replaced version keeps serving beside its successor (default: "
+            "until the next one, so a rollback or a canary can use it)."
+        ),
     ] = None,
 ) -> None:
     """Run Triton until SIGTERM or SIGINT, picking up new model versions as they appear."""

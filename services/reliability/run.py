@@ -33,6 +33,7 @@ FAST_SCENARIOS: dict[str, Scenario] = {
     "triton-stalled": scenarios.slow_triton,
     "malformed-cache-values": scenarios.malformed_cache_values,
     "new-version": scenarios.new_version,
+    "rollout": scenarios.rollout,
     "bad-input": lambda bed, corpus: scenarios.bad_input(bed),
     "router-sigterm": scenarios.router_sigterm,
 }

@@ -21,13 +21,15 @@ import psutil
 import tritonclient.grpc as grpcclient
 from google.protobuf.message import Message
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from prometheus_client.parser import text_string_to_metric_families
 from tritonclient.utils import InferenceServerException
 
 from router import contract
 from router.client import Policy, RequestError
 from services.contracts.cache_schema import generation_key, prediction_key
-from services.contracts.model_repository import MODEL_FILE, latest_version
-from services.reliability.testbed import Testbed, publish_generation
+from services.contracts.model_repository import MODEL_FILE, TOKENIZER_FILE, latest_version
+from services.pipeline.rollout import LATEST, Rollouts
+from services.reliability.testbed import RouterProcess, Testbed, publish_generation
 from services.reliability.traffic import Outcome, Traffic, TrafficPlan
 
 __all__ = [
@@ -38,6 +40,7 @@ __all__ = [
     "malformed_cache_values",
     "new_version",
     "redis_outage",
+    "rollout",
     "router_sigterm",
     "slow_triton",
     "soak",
@@ -372,14 +375,17 @@ def router_sigterm(bed: Testbed, corpus: Corpus) -> ScenarioResult:
     )
 
 
-def _publish_version(source: Path, target: Path, broken: bool = False) -> None:
-    """A copy of `source` as a new version folder, written aside and renamed in (a broken
-    one has a model file onnxruntime cannot read)."""
+def _publish_version(source: Path, target: Path, broken: str = "") -> None:
+    """A copy of `source` as a new version folder, written aside and renamed in; a broken
+    one has a `model` file onnxruntime cannot read, or a `tokenizer` that does not load."""
     partial = target.with_name(f".{target.name}.partial")
     shutil.copytree(source, partial)
-    if broken:
+    if broken == "model":
         (partial / MODEL_FILE).unlink()
         (partial / MODEL_FILE).write_bytes(b"not an onnx graph")
+    elif broken == "tokenizer":
+        (partial / TOKENIZER_FILE).unlink()
+        (partial / TOKENIZER_FILE).write_text("{not a tokenizer", encoding="utf-8")
     partial.rename(target)
 
 
@@ -393,37 +399,67 @@ def _wait_for(condition: Callable[[], bool], seconds: float) -> float | None:
     return None
 
 
-def new_version(bed: Testbed, corpus: Corpus) -> ScenarioResult:
-    """A retrained student published under model-route load: the router moves to it once
-    Triton serves it, the old version is released after the switch, and a broken version
-    published next is never used."""
-    current = latest_version(bed.repository, bed.task)
-    new, broken = str(int(current.version) + 1), str(int(current.version) + 2)
-    triton = grpcclient.InferenceServerClient(f"127.0.0.1:{bed.triton_settings.grpc_port}")
-
-    def triton_ready(version: str) -> bool:
+def _triton_ready(bed: Testbed, version: str) -> bool:
+    with grpcclient.InferenceServerClient(f"127.0.0.1:{bed.triton_settings.grpc_port}") as triton:
         try:
             return bool(triton.is_model_ready(bed.task, version))
         except InferenceServerException:
             return False
 
-    def router_answers_with(version: str) -> bool:
-        with bed.router.client() as client:
-            answer = client.predict(bed.task, corpus.uncached[0], policy=Policy.MODEL_ONLY)
-        return answer.model_version == version
 
+def _answers_with(router: RouterProcess, task: str, text: str, version: str) -> bool:
+    with router.client() as client:
+        answer = client.predict(task, text, policy=Policy.MODEL_ONLY)
+    return answer.model_version == version
+
+
+def new_version(bed: Testbed, corpus: Corpus) -> ScenarioResult:
+    """Two retrained students published one after the other under model-route load: the
+    router moves to each once Triton serves it, the version before the newest two is
+    released, and broken versions published next (a model file onnxruntime cannot read, a
+    tokenizer that does not load) are never used and are reported."""
+    current = latest_version(bed.repository, bed.task)
+    first = int(current.version)
+    new, newer = str(first + 1), str(first + 2)
+    broken_model, broken_tokenizer = str(first + 3), str(first + 4)
+    text = corpus.uncached[0]
     traffic = _traffic(bed, corpus.uncached, clients=3, policy=Policy.MODEL_ONLY).start()
     try:
         time.sleep(1.0)
         _publish_version(current.path, bed.repository / bed.task / new)
-        ready_at = _wait_for(lambda: triton_ready(new), 60)
-        moved_at = _wait_for(lambda: router_answers_with(new), 30) if ready_at else None
-        released_at = _wait_for(lambda: not triton_ready(current.version), 30)
-        _publish_version(current.path, bed.repository / bed.task / broken, broken=True)
-        time.sleep(4.0)  # several polls of the launcher, Triton and the router
-        broken_ready = triton_ready(broken)
+        ready_at = _wait_for(lambda: _triton_ready(bed, new), 60)
+        moved_at = _wait_for(lambda: _answers_with(bed.router, bed.task, text, new), 30)
+        _publish_version(current.path, bed.repository / bed.task / newer)
+        _wait_for(lambda: _answers_with(bed.router, bed.task, text, newer), 60)
+        released_at = _wait_for(lambda: not _triton_ready(bed, current.version), 30)
+        _publish_version(current.path, bed.repository / bed.task / broken_model, "model")
+        _publish_version(current.path, bed.repository / bed.task / broken_tokenizer, "tokenizer")
+
+        def reported() -> bool:
+            with bed.router.client() as client:
+                (info,) = [t for t in client.list_tasks() if t.task == bed.task]
+            problems = " ".join(info.version_problems)
+            return (
+                f"version {broken_model}:" in problems
+                and f"version {broken_tokenizer}:" in problems
+            )
+
+        reported_at = _wait_for(reported, 30)
+        broken_ready = _triton_ready(bed, broken_model)
+        failures = {
+            version: _sample(
+                bed.router,
+                "switchyard_model_version_failures_total",
+                model=bed.task,
+                version=version,
+            )
+            for version in (broken_model, broken_tokenizer)
+        }
     finally:
         outcomes = traffic.stop()
+        # The broken versions go again: the testbed stays whole for the next scenario.
+        for version in (broken_model, broken_tokenizer):
+            shutil.rmtree(bed.repository / bed.task / version, ignore_errors=True)
     versions = Counter(v for o in outcomes if o.ok for v in o.versions)
     late_old = [
         o
@@ -434,8 +470,9 @@ def new_version(bed: Testbed, corpus: Corpus) -> ScenarioResult:
     switch_s = None if ready_at is None or moved_at is None else round(moved_at - ready_at, 2)
     return ScenarioResult(
         name="new-version",
-        fault=f"version {new} published under model-route load (3 clients), then a broken "
-        f"version {broken} (a model file onnxruntime cannot read)",
+        fault=f"versions {new} and {newer} published under model-route load (3 clients), then "
+        f"broken versions {broken_model} (a model file onnxruntime cannot read) and "
+        f"{broken_tokenizer} (a tokenizer that does not load)",
         sent=len(outcomes),
         codes=codes,
         numbers={
@@ -449,12 +486,141 @@ def new_version(bed: Testbed, corpus: Corpus) -> ScenarioResult:
             "zero failed requests": codes.get("OK", 0) == len(outcomes),
             "the new version is served by Triton": ready_at is not None,
             "the router moves within 10 s of READY": switch_s is not None and switch_s <= 10,
-            "the old version is released after the switch": released_at is not None
-            and moved_at is not None
-            and released_at >= moved_at,
-            "the broken version is never served": not broken_ready and broken not in versions,
+            "the version before the newest two is released": released_at is not None,
+            "the broken versions are never served": not broken_ready
+            and not {broken_model, broken_tokenizer} & set(versions),
+            "the broken versions are in health details (ListTasks)": reported_at is not None,
+            "and in switchyard_model_version_failures_total": all(failures.values()),
         },
     )
+
+
+def rollout(bed: Testbed, corpus: Corpus) -> ScenarioResult:
+    """Canary, shadow, promote and roll back under model-route load on two routers, with
+    `switchyard models`' rollout records in Redis."""
+    with bed.router.client() as client:
+        (info,) = [t for t in client.list_tasks() if t.task == bed.task]
+    current = info.model_version
+    candidate = str(int(latest_version(bed.repository, bed.task).version) + 1)
+    other = RouterProcess(
+        bed.directory, bed.repository, bed.redis.url, bed.triton_settings.grpc_port,
+        **bed.router_overrides,
+    )  # fmt: skip
+    routers = [bed.router, other]
+    rollouts = Rollouts(bed.redis.client(), bed.repository)
+    texts = [f"canary text {i}: a new phone and a cup final" for i in range(2000)]
+    numbers: dict[str, float] = {}
+    checks: dict[str, bool] = {}
+    traffic: list[Traffic] = []
+
+    def both_answer_with(version: str) -> float | None:
+        started = time.monotonic()
+        done = _wait_for(
+            lambda: all(_answers_with(r, bed.task, corpus.uncached[1], version) for r in routers),
+            10,
+        )
+        return None if done is None else done - started
+
+    try:
+        other.start()
+        # Pinned first, so the routers do not simply follow the candidate once it is served.
+        rollouts.promote(bed.task, current)
+        _publish_version(bed.repository / bed.task / current, bed.repository / bed.task / candidate)
+        checks["the candidate is served by Triton"] = (
+            _wait_for(lambda: _triton_ready(bed, candidate), 60) is not None
+        )
+        traffic = [
+            Traffic(
+                r.address,
+                TrafficPlan(bed.task, corpus.uncached, clients=2, policy=Policy.MODEL_ONLY),
+            ).start()
+            for r in routers
+        ]
+        # Shadow of a tenth of the answers, against none, in alternating windows so drift
+        # in the machine's load falls on both alike.
+        windows: dict[bool, list[float]] = {False: [], True: []}
+        for _ in range(3):
+            for shadowing in (False, True):
+                if shadowing:
+                    rollouts.canary(bed.task, candidate, weight=0.0, shadow=0.1)
+                else:
+                    rollouts.promote(bed.task, current)
+                time.sleep(0.5)  # both routers follow
+                opened = time.monotonic()
+                time.sleep(1.5)
+                windows[shadowing].append(_p50_ms(traffic, since=opened))
+        agreed = _sample(bed.router, "switchyard_shadow_answers_total", task=bed.task)
+        numbers |= {
+            "p50 latency, shadow off (ms)": statistics.median(windows[False]),
+            "p50 latency, shadow of 10% of the answers (ms)": statistics.median(windows[True]),
+            "shadow comparisons on one router": agreed,
+        }
+        checks["the shadow agreement metric appears"] = agreed > 0
+
+        rollouts.canary(bed.task, candidate, weight=0.2, shadow=0.0)
+        time.sleep(2.0)
+        seen: list[dict[str, str]] = []
+        for router in routers:
+            with router.client(timeout_s=5.0) as client:
+                versions: dict[str, str] = {}
+                for start in range(0, len(texts), 8):
+                    batch = texts[start : start + 8]
+                    answers = client.predict_batch(bed.task, batch, policy=Policy.MODEL_ONLY)
+                    versions.update(
+                        (t, a.model_version) for t, a in zip(batch, answers, strict=True)
+                    )
+            seen.append(versions)
+        share = sum(v == candidate for v in seen[0].values()) / len(texts)
+        numbers["canary share of 2,000 distinct texts at weight 20% (%)"] = 100 * share
+        checks["the canary answers 20% ± 3% of distinct texts"] = 0.17 <= share <= 0.23
+        checks["each text gets the same version on both routers"] = seen[0] == seen[1]
+
+        for step, change, version in (
+            ("promoted", lambda: rollouts.promote(bed.task, candidate), candidate),
+            ("rolled-back", lambda: rollouts.rollback(bed.task), current),
+        ):
+            change()
+            took = both_answer_with(version)
+            numbers[f"seconds until both routers serve the {step} version"] = (
+                float("nan") if took is None else round(took, 2)
+            )
+            checks[f"both routers serve the {step} version within 2 s"] = (
+                took is not None and took <= 2.0
+            )
+    finally:
+        outcomes = [o for t in traffic for o in t.stop()]
+        rollouts.promote(bed.task, LATEST)
+        rollouts.close()
+        other.stop()
+    codes = _codes(outcomes)
+    checks = {"zero failed requests": codes.get("OK", 0) == len(outcomes)} | checks
+    return ScenarioResult(
+        name="rollout",
+        fault=f"version {candidate} rolled out beside {current} under model-route load on two "
+        "routers (2 clients each): shadow of 10% of the answers, a 20% canary, promote, roll back",
+        sent=len(outcomes),
+        codes=codes,
+        numbers=numbers,
+        checks=checks,
+    )
+
+
+def _p50_ms(traffic: Sequence[Traffic], since: float) -> float:
+    recent = [o.seconds * 1000 for t in traffic for o in t.outcomes() if o.started >= since]
+    return statistics.median(recent) if recent else float("nan")
+
+
+def _sample(router: RouterProcess, name: str, **labels: str) -> float:
+    """The sum of a metric's samples on `router` whose labels include `labels`."""
+    url = f"http://127.0.0.1:{router.metrics_port}/metrics"
+    with urllib.request.urlopen(url, timeout=5) as response:
+        text = response.read().decode()
+    total = 0.0
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and labels.items() <= sample.labels.items():
+                total += sample.value
+    return total
 
 
 def malformed_cache_values(bed: Testbed, corpus: Corpus) -> ScenarioResult:

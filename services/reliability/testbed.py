@@ -146,7 +146,11 @@ class Testbed:
         router_overrides = {
             "triton_timeout_ms": 1000.0,
             "shutdown_delay_seconds": 1.0,
+            # So a version that never becomes READY is reported within a scenario.
+            "version_ready_timeout_seconds": 3.0,
         } | router_overrides
+        self.router_overrides = router_overrides
+        """The router's settings beyond a test deployment's, for a second router alike."""
         self.directory = directory
         # A copy of its own (hard links), so a scenario may publish versions into it.
         self.repository = directory / "model_repository"
@@ -163,8 +167,6 @@ class Testbed:
             grpc_port=free_port(),
             http_port=free_port(),
             metrics_port=free_port(),
-            # A replaced version is released soon after its successor, so a run can see it.
-            previous_version_seconds=3.0,
         )
         self.triton = TritonServer(self.triton_settings)
         # The launcher's watch: new and removed versions reach Triton (`TritonServer.serve`,

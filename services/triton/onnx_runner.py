@@ -28,6 +28,7 @@ class TritonPythonModel:
         # 0 lets onnxruntime pick; one inter-op thread, as the model graph is sequential.
         options.intra_op_num_threads = int(parameters.get("intra_op_thread_count", "0"))
         options.inter_op_num_threads = 1
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         model_path = Path(args["model_repository"]) / args["model_version"] / "model.onnx"
         self._session = ort.InferenceSession(
             str(model_path), options, providers=["CPUExecutionProvider"]

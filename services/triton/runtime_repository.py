@@ -7,10 +7,13 @@ original `model.onnx`. The source repository stays untouched for NVIDIA's images
 A version is mirrored only after onnxruntime has loaded it and its tensors match the config,
 so a broken or half-copied version never reaches Triton and never disturbs the served ones.
 
-Rollouts: the newest good version is mirrored, and the one before it stays mirrored for
-`previous_version_seconds` after the newest arrived, so Triton (told to keep the two latest)
-serves both while the routers move to the new one (each within a second or two), and then
-releases the old one. A broken new version never displaces the version before it.
+Rollouts: the newest good version is mirrored, and so is the one before it, so Triton (told
+to keep the two latest) serves both: the routers move to the new one (each within a second
+or two) without a failed request, a canary runs one beside the other, and a rollback is
+instant. The version before those two is released when the newest arrives. With
+`previous_version_seconds`, the one before the newest is released that long after the newest
+arrived, to save its memory at the cost of rollbacks. A broken new version never displaces
+the versions before it.
 """
 
 import logging
@@ -21,10 +24,12 @@ from pathlib import Path
 
 import onnxruntime as ort
 
+from services.contracts.model_io import TextEncoder
 from services.contracts.model_repository import (
     CONFIG_FILE,
     MODEL_FILE,
     SERVED_VERSIONS,
+    ModelVersion,
     model_names,
     parse_config,
     render_config,
@@ -51,7 +56,9 @@ def _replace_file(path: Path, text: str) -> None:
 
 
 def _check_version(model_file: Path, input_names: list[str], output_names: list[str]) -> None:
-    """Raise ValueError unless onnxruntime loads the file and its tensors match the config."""
+    """Raise ValueError unless onnxruntime loads the file and its tensors match the config,
+    and the files the routers load beside it (card, labels, tokenizer) load too: a version
+    the routers cannot use must never displace one they serve."""
     if not model_file.is_file():
         raise ValueError(f"no {MODEL_FILE}")
     try:
@@ -65,6 +72,19 @@ def _check_version(model_file: Path, input_names: list[str], output_names: list[
             f"tensors do not match config.pbtxt: graph inputs {sorted(graph_inputs)}, "
             f"outputs {sorted(graph_outputs)}; config inputs {input_names}, outputs {output_names}"
         )
+    files = ModelVersion(model_file.parent.parent.name, model_file.parent.name, model_file.parent)
+    try:
+        card = files.card()
+        labels = files.labels()
+        TextEncoder.from_file(files.tokenizer_file, card.inputs)
+    except Exception as exc:  # json, pydantic and tokenizers raise many kinds
+        raise ValueError(f"the routers could not load it: {exc}") from None
+    if set(card.inputs) != graph_inputs:
+        raise ValueError(
+            f"its card's inputs {card.inputs} are not the graph's {sorted(graph_inputs)}"
+        )
+    if not labels:
+        raise ValueError("its labels file lists no label")
 
 
 class RuntimeRepository:
@@ -74,7 +94,7 @@ class RuntimeRepository:
         runtime: Path,
         response_cache: bool,
         onnx_threads: int | None = None,
-        previous_version_seconds: float = 30.0,
+        previous_version_seconds: float | None = None,
     ) -> None:
         self.source = source
         self.runtime = runtime
@@ -135,7 +155,8 @@ class RuntimeRepository:
         keep = good[:1]
         if len(good) == SERVED_VERSIONS:
             newest_since = self._mirrored_at.get((name, good[0][0]), time.monotonic())
-            if time.monotonic() - newest_since < self._previous_version_seconds:
+            grace = self._previous_version_seconds
+            if grace is None or time.monotonic() - newest_since < grace:
                 keep.append(good[1])
         for version, model_file in keep:
             if not (runtime_model / version).exists():

@@ -44,8 +44,11 @@ class TritonSettings(BaseSettings):
     cache_size: int = Field(0, ge=0, description="response cache bytes; 0 disables it")
     onnx_threads: int | None = Field(None, ge=1, description="onnxruntime threads per instance")
     poll_seconds: float = Field(1.0, gt=0)
-    previous_version_seconds: float = Field(
-        30.0, ge=0, description="how long a replaced version keeps serving beside its successor"
+    previous_version_seconds: float | None = Field(
+        None,
+        ge=0,
+        description="how long a replaced version keeps serving beside its successor; None: "
+        "until the next version replaces it (it is the rollback target and a canary's stable)",
     )
     ready_timeout: float = Field(60.0, gt=0)
     stop_timeout: float = Field(4.0, gt=0)

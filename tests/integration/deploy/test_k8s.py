@@ -241,8 +241,8 @@ def test_workloads_read_the_redis_url_from_the_secret(overlay: str) -> None:
                     assert "value" not in env, f"{workload['metadata']['name']}: plain URL"
                     ref = env["valueFrom"]["secretKeyRef"]
                     assert (ref["name"], ref["key"]) == ("switchyard-redis", "redis-url")
-    # The router, two CronJobs and the sharded Job.
-    assert users == 4
+    # The router, two CronJobs, the sharded Job and the rollout Job.
+    assert users == 5
 
 
 # --- hardening -----------------------------------------------------------------------------
@@ -393,11 +393,21 @@ def test_only_the_router_reaches_triton_and_redis(overlay: str) -> None:
         assert redis_policies == [], "prod Redis is outside the cluster"
         return
     (redis,) = redis_policies
+    peers = peers_by_port(redis)[6379]
     components = {
-        peer["podSelector"]["matchLabels"]["app.kubernetes.io/component"]
-        for peer in peers_by_port(redis)[6379]
+        peer["podSelector"]["matchLabels"]["app.kubernetes.io/component"] for peer in peers
     }
-    assert components == {"router", "batch"}
+    assert components == {"router", "batch", "models-rollout"}
+    # Every pod given the Redis URL may connect, the one-off Jobs' included.
+    for workload, pod in pod_templates(docs + render(f"{overlay}/jobs")):
+        if any(
+            env["name"].endswith("REDIS_URL")
+            for container in containers(pod)
+            for env in container.get("env", [])
+        ):
+            labels = pod["metadata"]["labels"]
+            admitted = any(selects(selector_labels(p["podSelector"]), labels) for p in peers)
+            assert admitted, f"{workload['metadata']['name']} holds the URL but cannot connect"
 
 
 # --- credentials and settings ------------------------------------------------------------
@@ -552,3 +562,78 @@ def test_prod_images_are_pinned() -> None:
             name, _, tag = image.rpartition(":")
             assert name and "/" in name, f"{workload['metadata']['name']}: {image} has no registry"
             assert tag and tag != "latest" and "/" not in tag, f"{image} is not pinned"
+
+
+# --- the rollout Job -------------------------------------------------------------------
+
+
+def models_commands() -> dict[str, Any]:
+    """The `switchyard models` subcommands, as click builds them from the typer app."""
+    import typer.main
+
+    from services.cli import app
+
+    group = typer.main.get_command(app)
+    return dict(group.commands["models"].commands)  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_rollout_job_runs_a_models_subcommand_with_redis_from_the_secret(overlay: str) -> None:
+    """The Job runs a real `switchyard models` subcommand with options it knows, checks
+    versions against the mounted repository and reads Redis the way RolloutSettings does."""
+    from services.pipeline.rollout import RolloutSettings
+
+    jobs = render(f"{overlay}/jobs")
+    job = find(jobs, "Job", "switchyard-models-rollout")
+    assert job["spec"]["backoffLimit"] <= 1
+    assert job["spec"]["ttlSecondsAfterFinished"] > 0
+    pod = pod_template(job)
+    assert pod["metadata"]["labels"]["app.kubernetes.io/component"] == "models-rollout"
+    assert pod["spec"]["serviceAccountName"] == "switchyard-batch"
+    (container,) = pod["spec"]["containers"]
+    assert container["command"] == ["switchyard", "models"]
+
+    commands = models_commands()
+    # k8s/README.md runs the Job with each of these.
+    for name in ("canary", "promote", "rollback", "rollout"):
+        assert name in commands, f"`switchyard models {name}` is not in the CLI"
+    args = container["args"]
+    # The default only prints the records: applying the Job as it is changes nothing.
+    assert args[0] == "rollout"
+    known = {opt for param in commands[args[0]].params for opt in param.opts}
+    for arg in args[1:]:
+        if arg.startswith("--"):
+            assert arg in known, f"`switchyard models {args[0]}` has no option {arg}"
+    repository = option(args, "--model-repository")
+    mounts = {m["mountPath"]: m for m in container["volumeMounts"]}
+    assert repository.startswith("/models/") and mounts["/models"]["readOnly"] is True
+    volumes = {v["name"]: v for v in pod["spec"]["volumes"]}
+    claim = volumes[mounts["/models"]["name"]]["persistentVolumeClaim"]
+    assert claim == {"claimName": "switchyard-models", "readOnly": True}
+
+    env = {e["name"]: e for e in container["env"]}
+    url = env["SWITCHYARD_ROLLOUT_REDIS_URL"]
+    assert "value" not in url
+    assert url["valueFrom"]["secretKeyRef"] == {"name": "switchyard-redis", "key": "redis-url"}
+    fields = set(RolloutSettings.model_fields)
+    for name, variable in env.items():
+        if name.startswith("SWITCHYARD_ROLLOUT_"):
+            assert name.removeprefix("SWITCHYARD_ROLLOUT_").lower() in fields, name
+            if "REDIS" in name:
+                assert "value" not in variable, f"{name} is plain config, not from the Secret"
+
+    if overlay == "dev":
+        # The dev Secret's URL, as the pod gets it, makes valid settings (credentials once).
+        secret = find(render("dev"), "Secret", "switchyard-redis")
+        values = {
+            name: base64.b64decode(secret["data"][e["valueFrom"]["secretKeyRef"]["key"]]).decode()
+            for name, e in env.items()
+            if name.startswith("SWITCHYARD_ROLLOUT_")
+        }
+        with pytest.MonkeyPatch.context() as patch:
+            for key in [k for k in os.environ if k.startswith("SWITCHYARD_ROLLOUT_")]:
+                patch.delenv(key)
+            for key, value in values.items():
+                patch.setenv(key, value)
+            settings = RolloutSettings()
+        assert settings.redis_url == values["SWITCHYARD_ROLLOUT_REDIS_URL"]

@@ -10,7 +10,7 @@ import pytest
 from router import contract
 from router.client import Policy, RequestError, Route
 from services.contracts.cache_schema import misses_stream_key, prediction_key
-from tests.integration.conftest import RedisServer, RouterProcess
+from tests.integration.conftest import RedisServer, RouterProcess, run_switchyard
 from tests.integration.router.helpers import (
     client,
     predict,
@@ -133,6 +133,10 @@ def test_list_tasks(router: RouterProcess, tiny_build: Path) -> None:
     assert tasks["sentiment"].labels == labels
     assert tasks["topic"].model == "topic" and tasks["topic"].model_version == "1"
     assert tasks["sentiment"].max_text_length == 280
+    assert (tasks["topic"].candidate_version, tasks["topic"].version_problems) == ("", [])
+    # The same, as an operator reads it.
+    shown = run_switchyard("router", "tasks", "--address", router.address).stdout
+    assert "topic v1" in shown and "sentiment v1" in shown
 
 
 @pytest.mark.parametrize(

@@ -43,12 +43,15 @@ def test_serving_imports_no_torch() -> None:
     assert result.stdout.strip() == "False"
 
 
-def _publish(model: Path, version: str, broken: bool = False) -> None:
+def _publish(model: Path, version: str, broken: str = "") -> None:
     partial = model / f".{version}.partial"
     shutil.copytree(model / "1", partial)
-    if broken:
+    if broken == "model":
         (partial / "model.onnx").unlink()
         (partial / "model.onnx").write_bytes(b"not an onnx graph")
+    elif broken == "tokenizer":
+        (partial / "tokenizer.json").unlink()
+        (partial / "tokenizer.json").write_text("{not a tokenizer")
     partial.rename(model / version)
 
 
@@ -72,12 +75,36 @@ def test_a_replaced_version_is_mirrored_beside_its_successor_for_a_while(
     time.sleep(0.6)
     assert runtime.sync().removed == ["topic/1"]
     assert versions() == ["2"]
-    _publish(source / "topic", "3", broken=True)
+    _publish(source / "topic", "3", broken="model")
     report = runtime.sync()
     assert "onnxruntime cannot load" in report.rejected["topic/3"]
     assert versions() == ["2"]  # a broken version never displaces the served one
     assert runtime.sync().rejected == {}  # and is not checked again until it changes
+    # Nor does one whose files the routers could not load beside a good model file.
+    _publish(source / "topic", "4", broken="tokenizer")
+    report = runtime.sync()
+    assert "the routers could not load it" in report.rejected["topic/4"]
+    assert versions() == ["2"]
+    shutil.rmtree(source / "topic" / "4")
     shutil.rmtree(source / "topic" / "3")
     shutil.rmtree(source / "topic" / "2")
     runtime.sync()
     assert versions() == ["1"]  # removing the newest folders rolls back
+
+
+def test_by_default_the_replaced_version_stays_beside_its_successor(
+    tiny_build: Path, tmp_path: Path
+) -> None:
+    """The rollback target and a canary's stable version; the one before both is released."""
+    source = tmp_path / "source"
+    shutil.copytree(tiny_build / "model_repository" / "topic", source / "topic")
+    runtime_dir = tmp_path / "runtime"
+    runtime = RuntimeRepository(source, runtime_dir, False)
+    runtime.sync()
+    _publish(source / "topic", "2")
+    runtime.sync()
+    time.sleep(0.2)
+    assert runtime.sync().removed == []
+    _publish(source / "topic", "3")
+    assert runtime.sync().removed == ["topic/1"]
+    assert sorted(p.name for p in (runtime_dir / "topic").iterdir() if p.is_dir()) == ["2", "3"]

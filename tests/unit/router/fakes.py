@@ -18,7 +18,8 @@ from tokenizers import Tokenizer, models, pre_tokenizers
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 
 from router.answers import ModelAnswer
-from router.errors import RouterError
+from router.errors import DependencyUnavailable, RouterError
+from router.rollout import Serving
 from services.contracts.build_report import ServingRecord
 from services.contracts.model_repository import CARD_FILE, LABELS_FILE, TOKENIZER_FILE, ModelCard
 
@@ -44,32 +45,46 @@ def fake_label(labels: Sequence[str], text: str) -> str:
 class FakeStudent:
     """The `router.routing.Student` protocol without Triton: each text gets `fake_label` with
     probability `score`, after `delay_s`; `failures` are raised, one per call, before it
-    answers again."""
+    answers again, and `failing_versions` fail every call of theirs. `candidate`, `weight`
+    and `shadow` set up a canary beside the stable `version`."""
 
     score: float = 0.9
     version: str = "3"
     delay_s: float = 0.0
     failures: list[BaseException] = field(default_factory=list)
-    calls: list[tuple[str, list[str], float]] = field(default_factory=list)
+    calls: list[tuple[str, str, list[str], float]] = field(default_factory=list)
+    """(model, version, texts, timeout) of each call."""
+    candidate: str = ""
+    weight: float = 0.0
+    shadow: float = 0.0
+    failing_versions: set[str] = field(default_factory=set)
+    problems_of: dict[str, list[str]] = field(default_factory=dict)
 
-    def model(self, name: str) -> FakeModel:
-        return FakeModel(name, self.version, LABELS[name])
+    def serving(self, name: str) -> Serving[FakeModel]:
+        candidate = FakeModel(name, self.candidate, LABELS[name]) if self.candidate else None
+        return Serving(
+            FakeModel(name, self.version, LABELS[name]), candidate, self.weight, self.shadow
+        )
+
+    def problems(self, name: str) -> list[str]:
+        return self.problems_of.get(name, [])
 
     async def classify(
-        self, name: str, texts: Sequence[str], timeout_s: float
-    ) -> tuple[FakeModel, list[ModelAnswer]]:
-        self.calls.append((name, list(texts), timeout_s))
+        self, model: FakeModel, texts: Sequence[str], timeout_s: float
+    ) -> list[ModelAnswer]:
+        self.calls.append((model.name, model.version, list(texts), timeout_s))
         await asyncio.sleep(self.delay_s)
         if self.failures:
             raise self.failures.pop(0)
-        model = self.model(name)
+        if model.version in self.failing_versions:
+            raise DependencyUnavailable(f"version {model.version} is broken")
         rest = (1 - self.score) / (len(model.labels) - 1)
         answers = []
         for text in texts:
             label = fake_label(model.labels, text)
             scores = {other: self.score if other == label else rest for other in model.labels}
             answers.append(ModelAnswer(label, self.score, scores))
-        return model, answers
+        return answers
 
 
 class Boom(RouterError):

@@ -81,7 +81,7 @@ def test_a_client_deadline_applies_to_every_call_unless_one_passes_its_own(
             answer = await client.predict("topic", "in no hurry", timeout_s=5.0)
             assert answer.route == Route.MODEL
         # The router passed the time left of each deadline on to the model.
-        assert [timeout_s < 0.06 for _, _, timeout_s in bed.student.calls] == [True, False]
+        assert [timeout_s < 0.06 for _, _, _, timeout_s in bed.student.calls] == [True, False]
 
     run_on_bed(bed_settings(redis_server.url), body, FakeStudent(delay_s=0.3))
 

@@ -2,6 +2,7 @@
 which version it serves, how texts become tensors, and how Triton's failures become domain
 errors (a deadline by its status code, never by the words of a message)."""
 
+import shutil
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
@@ -13,6 +14,7 @@ from router.errors import DeadlineExceeded, DependencyUnavailable
 from router.model import StudentClient
 from services.contracts.model_io import TextEncoder, softmax
 from services.contracts.model_repository import ModelVersion
+from services.contracts.rollout_schema import Rollout
 from services.processes.ports import free_port
 from tests.unit.aio import run as run_async
 from tests.unit.router.fakes import (
@@ -53,8 +55,7 @@ def test_answers_come_from_the_served_logits(tmp_path: Path) -> None:
     texts = ["oil prices climb", "the film opens a match"]
 
     async def body(triton: FakeTriton, student: StudentClient) -> None:
-        model, answers = await student.classify("sentiment", texts, timeout_s=5.0)
-        assert model.version == "3"
+        answers = await student.classify(student.model("sentiment"), texts, timeout_s=5.0)
         (request,) = triton.requests
         assert (request.model_name, request.model_version) == ("sentiment", "3")
         assert [tensor.name for tensor in request.inputs] == ["input_ids", "attention_mask"]
@@ -76,7 +77,7 @@ def test_a_deadline_status_from_triton_is_deadline_exceeded(tmp_path: Path) -> N
     async def body(triton: FakeTriton, student: StudentClient) -> None:
         triton.fail_with = grpc.StatusCode.DEADLINE_EXCEEDED
         with pytest.raises(DeadlineExceeded, match="did not answer within"):
-            await student.classify("topic", ["oil"], timeout_s=5.0)
+            await student.classify(student.model("topic"), ["oil"], timeout_s=5.0)
 
     run(tmp_path, body)
 
@@ -85,9 +86,9 @@ def test_a_slow_triton_is_cut_at_the_budget(tmp_path: Path) -> None:
     async def body(triton: FakeTriton, student: StudentClient) -> None:
         triton.delay_s = 1.0
         with pytest.raises(DeadlineExceeded, match="within 50 ms"):
-            await student.classify("topic", ["oil"], timeout_s=0.05)
+            await student.classify(student.model("topic"), ["oil"], timeout_s=0.05)
         with pytest.raises(DeadlineExceeded, match="ran out before the model could be called"):
-            await student.classify("topic", ["oil"], timeout_s=0.0)
+            await student.classify(student.model("topic"), ["oil"], timeout_s=0.0)
 
     run(tmp_path, body)
 
@@ -97,7 +98,7 @@ def test_other_failures_are_unavailable_whatever_the_message_says(tmp_path: Path
         for code in (grpc.StatusCode.INTERNAL, grpc.StatusCode.UNAVAILABLE):
             triton.fail_with = code
             with pytest.raises(DependencyUnavailable, match="triton could not run the model"):
-                await student.classify("topic", ["oil"], timeout_s=5.0)
+                await student.classify(student.model("topic"), ["oil"], timeout_s=5.0)
 
     run(tmp_path, body)
 
@@ -114,7 +115,7 @@ def test_without_triton_the_repository_decides_and_calls_are_unavailable(
             assert student.model("topic").version == "10"  # numerically newest
             assert not await student.is_ready(["topic"])
             with pytest.raises(DependencyUnavailable):
-                await student.classify("topic", ["oil"], timeout_s=1.0)
+                await student.classify(student.model("topic"), ["oil"], timeout_s=1.0)
         finally:
             await student.close()
 
@@ -131,5 +132,129 @@ def test_a_model_without_versions_is_refused(tmp_path: Path) -> None:
                 await student.load(["topic"])
         finally:
             await student.close()
+
+    run_async(main)
+
+
+def _break_tokenizer(repository: Path, version: str) -> None:
+    (repository / "topic" / version / "tokenizer.json").write_text("{not a tokenizer")
+
+
+def test_versions_follow_the_rollout_record_and_only_ready_loadable_ones_serve(
+    tmp_path: Path,
+) -> None:
+    repository = write_model_repository(tmp_path / "repository", versions=("1", "3", "4"))
+
+    async def main() -> None:
+        async with serving_triton(["1", "3"]) as (triton, address):
+            student = StudentClient(address, repository, 2.0, [16], ready_timeout_s=0.0)
+            try:
+                await student.load(["topic", "sentiment"])
+                assert student.serving("topic").versions == ("3", "", 0.0, 0.0)
+                # A pin, then a canary beside it; the answers' version is each call's own.
+                await student.follow_versions({"topic": Rollout(stable="1")})
+                assert student.serving("topic").versions == ("1", "", 0.0, 0.0)
+                canary = Rollout(stable="1", candidate="3", weight=0.2, shadow=0.1)
+                changes = await student.follow_versions({"topic": canary})
+                assert [(c.model, c.problem) for c in changes] == [("topic", False)]
+                serving = student.serving("topic")
+                assert serving.versions == ("1", "3", 0.2, 0.1)
+                assert serving.candidate is not None
+                await student.classify(serving.candidate, ["oil"], timeout_s=2.0)
+                assert triton.requests[-1].model_version == "3"
+                # Version 4 is in the repository but Triton does not serve it: never used,
+                # and reported (once) when it is wanted.
+                changes = await student.follow_versions(
+                    {"topic": Rollout(candidate="4", weight=0.5, stable="1")}
+                )
+                assert [(c.version, c.problem) for c in changes if c.model == "topic"] == [
+                    ("4", True),
+                    ("1", False),
+                ]
+                assert "READY" in changes[0].description
+                assert student.serving("topic").versions == ("1", "", 0.0, 0.0)
+                again = await student.follow_versions(
+                    {"topic": Rollout(candidate="4", weight=0.5, stable="1")}
+                )
+                assert [c for c in again if c.model == "topic"] == []
+                assert student.problems("topic") == [
+                    "version 4: Triton has not reported it READY for 0 s"
+                ]
+                # A pin of a version missing from the repository keeps what serves; a
+                # candidate whose files do not load is left out.
+                changes = await student.follow_versions({"topic": Rollout(stable="9")})
+                assert [(c.version, c.problem) for c in changes if c.model == "topic"] == [
+                    ("9", True)
+                ]
+                assert "not in the model repository" in changes[0].description
+                assert student.serving("topic").versions == ("1", "", 0.0, 0.0)
+                _break_tokenizer(repository, "4")
+                triton.served_versions = ["1", "3", "4"]
+                broken = Rollout(stable="3", candidate="4", weight=0.5)
+                changes = await student.follow_versions({"topic": broken})
+                assert [(c.version, c.problem) for c in changes if c.model == "topic"] == [
+                    ("4", True),
+                    ("3", False),
+                ]
+                assert "files do not load" in changes[0].description
+                assert student.serving("topic").versions == ("3", "", 0.0, 0.0)
+                # Without a record: the newest version that serves, never the broken one;
+                # mended (its folder changed), it serves and its problem clears.
+                await student.follow_versions({})
+                assert student.serving("topic").versions == ("3", "", 0.0, 0.0)
+                shutil.rmtree(repository / "topic" / "4")
+                shutil.copytree(repository / "topic" / "3", repository / "topic" / "4")
+                await student.follow_versions({})
+                assert student.serving("topic").versions == ("4", "", 0.0, 0.0)
+                assert student.problems("topic") == []
+            finally:
+                await student.close()
+
+    run_async(main)
+
+
+def test_a_pinned_version_triton_released_gives_way_to_a_served_one(tmp_path: Path) -> None:
+    repository = write_model_repository(tmp_path / "repository", versions=("1", "3"))
+
+    async def main() -> None:
+        async with serving_triton(["1", "3"]) as (triton, address):
+            student = StudentClient(address, repository, 2.0, [16], ready_timeout_s=60.0)
+            try:
+                await student.load(["topic"])
+                await student.follow_versions({"topic": Rollout(stable="1")})
+                assert student.model("topic").version == "1"
+                triton.served_versions = ["3"]
+                # Not READY for less than the timeout: no problem yet, but no request may go
+                # to a version Triton no longer serves.
+                changes = await student.follow_versions({"topic": Rollout(stable="1")})
+                assert [(c.version, c.problem) for c in changes] == [("3", False)]
+                assert student.model("topic").version == "3"
+                assert student.problems("topic") == []
+            finally:
+                await student.close()
+
+    run_async(main)
+
+
+def test_a_start_during_a_bad_rollout_serves_the_newest_version_that_loads(
+    tmp_path: Path,
+) -> None:
+    repository = write_model_repository(tmp_path / "repository", versions=("1", "3"))
+    _break_tokenizer(repository, "3")
+
+    async def main() -> None:
+        async with serving_triton(["1", "3"]) as (_, address):
+            student = StudentClient(address, repository, 2.0, [16], ready_timeout_s=60.0)
+            try:
+                await student.load(["topic"])
+                assert student.model("topic").version == "1"
+                changes = await student.follow_versions({})
+                assert [(c.version, c.problem) for c in changes] == [("3", True)]
+                assert "files do not load" in student.problems("topic")[0]
+                _break_tokenizer(repository, "1")
+                with pytest.raises(ValueError, match="no version of model 'topic' loads"):
+                    await student.load(["topic"])
+            finally:
+                await student.close()
 
     run_async(main)

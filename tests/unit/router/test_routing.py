@@ -73,7 +73,7 @@ def test_a_batch_asks_the_student_for_the_misses_only_and_keeps_the_order(
         answers = await bed.client.predict_batch("topic", texts)
         assert [a.route for a in answers] == [Route.MODEL, Route.CACHE, Route.CACHE, Route.MODEL]
         assert [a.label for a in answers[1:3]] == ["business", "entertainment"]
-        assert [texts for _, texts, _ in bed.student.calls] == [["uncached one", "uncached two"]]
+        assert [texts for _, _, texts, _ in bed.student.calls] == [["uncached one", "uncached two"]]
 
     run(redis_server, body)
 

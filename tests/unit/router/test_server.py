@@ -17,6 +17,8 @@ from router.client import AsyncRouterClient, Policy, RequestError, Route, Router
 from router.server import serve
 from router.settings import RouterSettings
 from services.contracts.build_report import ServingRecord
+from services.contracts.rollout_schema import rollout_key
+from services.pipeline.rollout import Rollouts
 from services.processes.ports import free_port
 from services.processes.redis_server import RedisServer
 from services.reliability.testbed import publish_generation
@@ -382,6 +384,109 @@ def test_the_router_follows_the_version_triton_serves_without_a_failed_request(
             assert b'switchyard_model_served_version{model="topic"} 5.0' in text
             failed = b'switchyard_model_version_failures_total{model="topic",version="7"} 1.0'
             assert failed in text
+            os.kill(os.getpid(), signal.SIGTERM)
+            await asyncio.wait_for(server, 10)
+
+    run(main)
+
+
+def test_two_routers_follow_promote_canary_and_rollback_together_without_a_failed_request(
+    tmp_path: Path, redis_server: RedisServer
+) -> None:
+    """Each change reaches both routers within a second or two, announced on pub/sub."""
+    model = "topic"
+
+    async def main() -> None:
+        async with serving_triton(["1", "3"]) as (_, triton_url):
+            first = router_settings(tmp_path / "a", redis_server.url, triton_url)
+            second = router_settings(tmp_path / "b", redis_server.url, triton_url)
+            # A poll far slower than the test: only the announcement can move them in time.
+            first = first.model_copy(update={"version_poll_seconds": 30.0})
+            second = second.model_copy(update={"version_poll_seconds": 30.0})
+            redis_server.client().delete(rollout_key(model))
+            servers = []
+            for settings in (first, second):
+                ready = asyncio.Event()
+                servers.append(asyncio.create_task(serve(settings, ready)))
+                await asyncio.wait_for(ready.wait(), 10)
+            rollouts = Rollouts(redis_server.client(), first.model_repository)
+            clients = [
+                AsyncRouterClient(f"127.0.0.1:{s.grpc_port}", retries=0) for s in (first, second)
+            ]
+            failures: list[RequestError] = []
+            seen: list[list[str]] = [[], []]
+            stop = asyncio.Event()
+
+            async def traffic(index: int) -> None:
+                while not stop.is_set():
+                    try:
+                        answer = await clients[index].predict(
+                            model, "the film", policy=Policy.MODEL_ONLY
+                        )
+                        seen[index].append(answer.model_version)
+                    except RequestError as exc:
+                        failures.append(exc)
+
+            async def both_answer_with(version: str) -> float:
+                started = asyncio.get_running_loop().time()
+                while not all(s and s[-1] == version for s in seen):
+                    assert asyncio.get_running_loop().time() - started < 2.0, (version, seen)
+                    await asyncio.sleep(0.01)
+                return asyncio.get_running_loop().time() - started
+
+            try:
+                load = [asyncio.create_task(traffic(i)) for i in range(2)]
+                await both_answer_with("3")
+                await asyncio.to_thread(rollouts.promote, model, "1")
+                await both_answer_with("1")
+                # A canary over every text: the candidate answers, on both routers.
+                await asyncio.to_thread(rollouts.canary, model, "3", 1.0, 0.0)
+                await both_answer_with("3")
+                tasks = await clients[1].list_tasks()
+                topic = next(task for task in tasks if task.task == model)
+                assert (topic.model_version, topic.candidate_version) == ("1", "3")
+                await asyncio.to_thread(rollouts.rollback, model)
+                await both_answer_with("1")
+                await asyncio.to_thread(rollouts.promote, model, "latest")
+                await both_answer_with("3")
+                stop.set()
+                await asyncio.gather(*load)
+            finally:
+                for client in clients:
+                    await client.close()
+                for server in servers:
+                    server.cancel()
+                await asyncio.gather(*servers, return_exceptions=True)
+                redis_server.client().delete(rollout_key(model))
+            assert failures == []
+
+    run(main)
+
+
+def test_a_model_whose_files_do_not_load_leaves_the_others_serving_until_mended(
+    tmp_path: Path, redis_server: RedisServer
+) -> None:
+    async def main() -> None:
+        async with serving_triton(["1", "3"]) as (_, triton_url):
+            settings = router_settings(
+                tmp_path, redis_server.url, triton_url, task_poll_seconds=0.05
+            )
+            sentiment = settings.model_repository / "sentiment"
+            for version in ("1", "3"):
+                (sentiment / version / "tokenizer.json").write_text("{not a tokenizer")
+            server = asyncio.create_task(serve(settings, ready := asyncio.Event()))
+            await asyncio.wait_for(ready.wait(), 10)
+            async with AsyncRouterClient(f"127.0.0.1:{settings.grpc_port}", retries=0) as client:
+                assert [task.task for task in await client.list_tasks()] == ["topic"]
+                answer = await client.predict("topic", "the film", policy=Policy.MODEL_ONLY)
+                assert answer.model_version == "3"
+                good = settings.model_repository / "topic" / "3" / "tokenizer.json"
+                shutil.copy(good, sentiment / "3" / "tokenizer.json")
+                for _ in range(100):
+                    if len(await client.list_tasks()) == 2:
+                        break
+                    await asyncio.sleep(0.05)
+                assert [task.task for task in await client.list_tasks()] == ["sentiment", "topic"]
             os.kill(os.getpid(), signal.SIGTERM)
             await asyncio.wait_for(server, 10)
 

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1aswitchyard/v1/router.proto\x12\rswitchyard.v1\"p\n\x0ePredictRequest\x12\x0c\n\x04task\x18\x01 \x01(\t\x12\x0c\n\x04text\x18\x02 \x01(\t\x12*\n\x06policy\x18\x03 \x01(\x0e\x32\x1a.switchyard.v1.RoutePolicy\x12\x16\n\x0emin_confidence\x18\x04 \x01(\x02\"\x9a\x02\n\x0fPredictResponse\x12\r\n\x05label\x18\x01 \x01(\t\x12\r\n\x05score\x18\x02 \x01(\x02\x12:\n\x06scores\x18\x03 \x03(\x0b\x32*.switchyard.v1.PredictResponse.ScoresEntry\x12#\n\x05route\x18\x04 \x01(\x0e\x32\x14.switchyard.v1.Route\x12\r\n\x05model\x18\x05 \x01(\t\x12\x15\n\rmodel_version\x18\x06 \x01(\t\x12\x18\n\x10\x63\x61\x63he_generation\x18\x07 \x01(\t\x12\x19\n\x11server_latency_ms\x18\x08 \x01(\x01\x1a-\n\x0bScoresEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x02:\x02\x38\x01\"v\n\x13PredictBatchRequest\x12\x0c\n\x04task\x18\x01 \x01(\t\x12\r\n\x05texts\x18\x02 \x03(\t\x12*\n\x06policy\x18\x03 \x01(\x0e\x32\x1a.switchyard.v1.RoutePolicy\x12\x16\n\x0emin_confidence\x18\x04 \x01(\x02\"G\n\x14PredictBatchResponse\x12/\n\x07results\x18\x01 \x03(\x0b\x32\x1e.switchyard.v1.PredictResponse\"\x12\n\x10ListTasksRequest\"\x9f\x01\n\x08TaskInfo\x12\x0c\n\x04task\x18\x01 \x01(\t\x12\x0e\n\x06labels\x18\x02 \x03(\t\x12\r\n\x05model\x18\x03 \x01(\t\x12\x15\n\rmodel_version\x18\x04 \x01(\t\x12\x18\n\x10\x63\x61\x63he_generation\x18\x05 \x01(\t\x12\x1c\n\x14\x63onfidence_threshold\x18\x06 \x01(\x02\x12\x17\n\x0fmax_text_length\x18\x07 \x01(\r\";\n\x11ListTasksResponse\x12&\n\x05tasks\x18\x01 \x03(\x0b\x32\x17.switchyard.v1.TaskInfo*|\n\x0bRoutePolicy\x12\x1c\n\x18ROUTE_POLICY_UNSPECIFIED\x10\x00\x12\x15\n\x11ROUTE_POLICY_AUTO\x10\x01\x12\x1b\n\x17ROUTE_POLICY_CACHE_ONLY\x10\x02\x12\x1b\n\x17ROUTE_POLICY_MODEL_ONLY\x10\x03*@\n\x05Route\x12\x15\n\x11ROUTE_UNSPECIFIED\x10\x00\x12\x0f\n\x0bROUTE_CACHE\x10\x01\x12\x0f\n\x0bROUTE_MODEL\x10\x02\x32\xfb\x01\n\x06Router\x12H\n\x07Predict\x12\x1d.switchyard.v1.PredictRequest\x1a\x1e.switchyard.v1.PredictResponse\x12W\n\x0cPredictBatch\x12\".switchyard.v1.PredictBatchRequest\x1a#.switchyard.v1.PredictBatchResponse\x12N\n\tListTasks\x12\x1f.switchyard.v1.ListTasksRequest\x1a .switchyard.v1.ListTasksResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1aswitchyard/v1/router.proto\x12\rswitchyard.v1\"p\n\x0ePredictRequest\x12\x0c\n\x04task\x18\x01 \x01(\t\x12\x0c\n\x04text\x18\x02 \x01(\t\x12*\n\x06policy\x18\x03 \x01(\x0e\x32\x1a.switchyard.v1.RoutePolicy\x12\x16\n\x0emin_confidence\x18\x04 \x01(\x02\"\x9a\x02\n\x0fPredictResponse\x12\r\n\x05label\x18\x01 \x01(\t\x12\r\n\x05score\x18\x02 \x01(\x02\x12:\n\x06scores\x18\x03 \x03(\x0b\x32*.switchyard.v1.PredictResponse.ScoresEntry\x12#\n\x05route\x18\x04 \x01(\x0e\x32\x14.switchyard.v1.Route\x12\r\n\x05model\x18\x05 \x01(\t\x12\x15\n\rmodel_version\x18\x06 \x01(\t\x12\x18\n\x10\x63\x61\x63he_generation\x18\x07 \x01(\t\x12\x19\n\x11server_latency_ms\x18\x08 \x01(\x01\x1a-\n\x0bScoresEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x02:\x02\x38\x01\"v\n\x13PredictBatchRequest\x12\x0c\n\x04task\x18\x01 \x01(\t\x12\r\n\x05texts\x18\x02 \x03(\t\x12*\n\x06policy\x18\x03 \x01(\x0e\x32\x1a.switchyard.v1.RoutePolicy\x12\x16\n\x0emin_confidence\x18\x04 \x01(\x02\"G\n\x14PredictBatchResponse\x12/\n\x07results\x18\x01 \x03(\x0b\x32\x1e.switchyard.v1.PredictResponse\"\x12\n\x10ListTasksRequest\"\x81\x02\n\x08TaskInfo\x12\x0c\n\x04task\x18\x01 \x01(\t\x12\x0e\n\x06labels\x18\x02 \x03(\t\x12\r\n\x05model\x18\x03 \x01(\t\x12\x15\n\rmodel_version\x18\x04 \x01(\t\x12\x18\n\x10\x63\x61\x63he_generation\x18\x05 \x01(\t\x12\x1c\n\x14\x63onfidence_threshold\x18\x06 \x01(\x02\x12\x17\n\x0fmax_text_length\x18\x07 \x01(\r\x12\x19\n\x11\x63\x61ndidate_version\x18\x08 \x01(\t\x12\x15\n\rcanary_weight\x18\t \x01(\x02\x12\x14\n\x0cshadow_share\x18\n \x01(\x02\x12\x18\n\x10version_problems\x18\x0b \x03(\t\";\n\x11ListTasksResponse\x12&\n\x05tasks\x18\x01 \x03(\x0b\x32\x17.switchyard.v1.TaskInfo*|\n\x0bRoutePolicy\x12\x1c\n\x18ROUTE_POLICY_UNSPECIFIED\x10\x00\x12\x15\n\x11ROUTE_POLICY_AUTO\x10\x01\x12\x1b\n\x17ROUTE_POLICY_CACHE_ONLY\x10\x02\x12\x1b\n\x17ROUTE_POLICY_MODEL_ONLY\x10\x03*@\n\x05Route\x12\x15\n\x11ROUTE_UNSPECIFIED\x10\x00\x12\x0f\n\x0bROUTE_CACHE\x10\x01\x12\x0f\n\x0bROUTE_MODEL\x10\x02\x32\xfb\x01\n\x06Router\x12H\n\x07Predict\x12\x1d.switchyard.v1.PredictRequest\x1a\x1e.switchyard.v1.PredictResponse\x12W\n\x0cPredictBatch\x12\".switchyard.v1.PredictBatchRequest\x1a#.switchyard.v1.PredictBatchResponse\x12N\n\tListTasks\x12\x1f.switchyard.v1.ListTasksRequest\x1a .switchyard.v1.ListTasksResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,10 +33,10 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_PREDICTRESPONSE_SCORESENTRY']._loaded_options = None
   _globals['_PREDICTRESPONSE_SCORESENTRY']._serialized_options = b'8\001'
-  _globals['_ROUTEPOLICY']._serialized_start=880
-  _globals['_ROUTEPOLICY']._serialized_end=1004
-  _globals['_ROUTE']._serialized_start=1006
-  _globals['_ROUTE']._serialized_end=1070
+  _globals['_ROUTEPOLICY']._serialized_start=978
+  _globals['_ROUTEPOLICY']._serialized_end=1102
+  _globals['_ROUTE']._serialized_start=1104
+  _globals['_ROUTE']._serialized_end=1168
   _globals['_PREDICTREQUEST']._serialized_start=45
   _globals['_PREDICTREQUEST']._serialized_end=157
   _globals['_PREDICTRESPONSE']._serialized_start=160
@@ -50,9 +50,9 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_LISTTASKSREQUEST']._serialized_start=637
   _globals['_LISTTASKSREQUEST']._serialized_end=655
   _globals['_TASKINFO']._serialized_start=658
-  _globals['_TASKINFO']._serialized_end=817
-  _globals['_LISTTASKSRESPONSE']._serialized_start=819
-  _globals['_LISTTASKSRESPONSE']._serialized_end=878
-  _globals['_ROUTER']._serialized_start=1073
-  _globals['_ROUTER']._serialized_end=1324
+  _globals['_TASKINFO']._serialized_end=915
+  _globals['_LISTTASKSRESPONSE']._serialized_start=917
+  _globals['_LISTTASKSRESPONSE']._serialized_end=976
+  _globals['_ROUTER']._serialized_start=1171
+  _globals['_ROUTER']._serialized_end=1422
 # @@protoc_insertion_point(module_scope)

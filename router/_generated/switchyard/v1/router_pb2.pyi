@@ -89,7 +89,7 @@ class ListTasksRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class TaskInfo(_message.Message):
-    __slots__ = ("task", "labels", "model", "model_version", "cache_generation", "confidence_threshold", "max_text_length")
+    __slots__ = ("task", "labels", "model", "model_version", "cache_generation", "confidence_threshold", "max_text_length", "candidate_version", "canary_weight", "shadow_share", "version_problems")
     TASK_FIELD_NUMBER: _ClassVar[int]
     LABELS_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
@@ -97,6 +97,10 @@ class TaskInfo(_message.Message):
     CACHE_GENERATION_FIELD_NUMBER: _ClassVar[int]
     CONFIDENCE_THRESHOLD_FIELD_NUMBER: _ClassVar[int]
     MAX_TEXT_LENGTH_FIELD_NUMBER: _ClassVar[int]
+    CANDIDATE_VERSION_FIELD_NUMBER: _ClassVar[int]
+    CANARY_WEIGHT_FIELD_NUMBER: _ClassVar[int]
+    SHADOW_SHARE_FIELD_NUMBER: _ClassVar[int]
+    VERSION_PROBLEMS_FIELD_NUMBER: _ClassVar[int]
     task: str
     labels: _containers.RepeatedScalarFieldContainer[str]
     model: str
@@ -104,7 +108,11 @@ class TaskInfo(_message.Message):
     cache_generation: str
     confidence_threshold: float
     max_text_length: int
-    def __init__(self, task: _Optional[str] = ..., labels: _Optional[_Iterable[str]] = ..., model: _Optional[str] = ..., model_version: _Optional[str] = ..., cache_generation: _Optional[str] = ..., confidence_threshold: _Optional[float] = ..., max_text_length: _Optional[int] = ...) -> None: ...
+    candidate_version: str
+    canary_weight: float
+    shadow_share: float
+    version_problems: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, task: _Optional[str] = ..., labels: _Optional[_Iterable[str]] = ..., model: _Optional[str] = ..., model_version: _Optional[str] = ..., cache_generation: _Optional[str] = ..., confidence_threshold: _Optional[float] = ..., max_text_length: _Optional[int] = ..., candidate_version: _Optional[str] = ..., canary_weight: _Optional[float] = ..., shadow_share: _Optional[float] = ..., version_problems: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class ListTasksResponse(_message.Message):
     __slots__ = ("tasks",)
