@@ -59,6 +59,8 @@ class Announcements:
     async def _follow(self) -> None:
         while not self._closing:
             try:
+                if isinstance(self._client, redis.RedisCluster):
+                    await self._client.initialize()  # its pub/sub needs the slots known
                 pubsub = self._pubsub = self._client.pubsub()
                 await pubsub.subscribe(self._channel)
                 await self._on_subscribed()

@@ -4,6 +4,11 @@ Each call is bounded by a timeout and guarded by a circuit breaker, so a dead or
 costs at most one timeout per breaker window and the router keeps answering from the model.
 The current generation of each namespace is held in memory: refreshed at once when the batch
 job announces a flip on pub/sub, and by a slow poll in case an announcement was missed.
+
+On a Redis Cluster a batch's keys lie in many slots: they are read with one MGET per slot,
+pipelined per master (redis-py's `mget_nonatomic`), under the same timeout and breaker as the
+single MGET of one Redis. Classic pub/sub reaches every node of a cluster, so a flip is
+announced and heard as on one Redis.
 """
 
 import asyncio
@@ -23,6 +28,7 @@ from services.contracts.cache_schema import (
     CachedPrediction,
     generation_key,
     generation_meta_key,
+    legacy_generation_key,
     misses_seen_key,
     misses_stream_key,
     prediction_key,
@@ -71,6 +77,7 @@ class PredictionCache:
         poll_s: float,
     ) -> None:
         self._client = client
+        self._cluster = isinstance(client, redis.RedisCluster)
         self._namespaces = list(namespaces)
         self._timeout_s = timeout_s
         self._breaker = breaker
@@ -149,14 +156,31 @@ class PredictionCache:
         namespaces = list(self._namespaces)
         if not namespaces:
             return
-        values = await self._call(
-            "MGET generation",
-            self._timeout_s,
-            self._client.mget([generation_key(n) for n in namespaces]),
-        )
+        values = await self._get_all("MGET generation", [generation_key(n) for n in namespaces])
+        if not self._cluster and None in values:
+            # A namespace no batch run has flipped since the layout got its hash tags.
+            legacy = await self._get_all(
+                "MGET legacy generation", [legacy_generation_key(n) for n in namespaces]
+            )
+            values = [new or old for new, old in zip(values, legacy, strict=True)]
         for namespace, value in zip(namespaces, values, strict=True):
             if value is not None:
                 await self._switch(namespace, value.decode())
+
+    async def _get_all(
+        self, operation: str, keys: list[str], timeout_s: float | None = None
+    ) -> list[bytes | None]:
+        """The values of `keys` (None where absent): one MGET, or one per slot on a cluster."""
+        client = self._client
+        read = (
+            client.mget_nonatomic(keys)
+            if isinstance(client, redis.RedisCluster)
+            else client.mget(keys)
+        )
+        values: list[bytes | None] = await self._call(
+            operation, self._timeout_s if timeout_s is None else timeout_s, read
+        )
+        return values
 
     async def get_many(
         self,
@@ -176,7 +200,7 @@ class PredictionCache:
         if not generation:
             return [None] * len(texts), 0
         keys = [prediction_key(namespace, generation, text) for text in texts]
-        values = await self._call("MGET", timeout_s, self._client.mget(keys))
+        values = await self._get_all("MGET", keys, timeout_s)
         predictions: list[CachedPrediction | None] = []
         malformed = 0
         expected = set(labels)

@@ -15,6 +15,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from services.contracts.cache_schema import NAMESPACE_PATTERN
 from services.contracts.readable_file import ReadableFile
 from services.contracts.redis_connection import RedisSettings
 
@@ -38,7 +39,9 @@ class TaskSettings(BaseModel):
     model_config = ConfigDict(frozen=True)
 
     model: str = Field(description="Triton model serving the task's student")
-    cache_namespace: str = Field(description="Redis namespace; the task name unless set")
+    cache_namespace: str = Field(
+        pattern=NAMESPACE_PATTERN, description="Redis namespace; the task name unless set"
+    )
     confidence_threshold: float = Field(0.6, ge=0.0, le=1.0)
     max_text_length: int = Field(4000, gt=0, description="characters")
 

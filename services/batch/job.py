@@ -8,6 +8,7 @@ verified its keys, so no reader sees a half-written generation.
 
 import hashlib
 import json
+import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,7 +23,7 @@ from services.batch.inputs import InputFormat, TextSet, format_of, read_file
 from services.batch.labels import LabelSource
 from services.batch.store import FlipOutcome, GenerationStore, connect
 from services.batch.teacher import TeacherInfo
-from services.contracts.cache_schema import CachedPrediction
+from services.contracts.cache_schema import NAMESPACE_PATTERN, CachedPrediction
 from services.contracts.redis_connection import RedisSettings
 
 __all__ = ["BatchOptions", "BatchSettings", "BatchSummary", "Shard", "run_batch"]
@@ -37,6 +38,7 @@ class BatchSettings(RedisSettings, BaseSettings):
     model_config = SettingsConfigDict(env_prefix="SWITCHYARD_BATCH_", frozen=True)
 
     redis_timeout_seconds: float = Field(10.0, gt=0)
+    redis_cluster: bool = Field(False, description="redis_url is a node of a Redis Cluster")
     build_dir: Path = Path("build")
     # A weekly schedule plus a day of slack: a generation outlives the run that replaces it.
     ttl_seconds: int = Field(_EIGHT_DAYS, gt=0)
@@ -129,6 +131,8 @@ def _run_id(options: BatchOptions, namespace: str, teacher: LabelSource, max_cha
 def run_batch(options: BatchOptions, settings: BatchSettings) -> BatchSummary:
     started = time.perf_counter()
     namespace = options.namespace or options.task
+    if not re.match(NAMESPACE_PATTERN, namespace):
+        raise BatchError(f"namespace {namespace!r} holds braces, colons or spaces; name another")
     summary = BatchSummary(task=options.task, namespace=namespace, shard=options.shard)
     if not options.inputs and not options.include_misses:
         raise BatchError("nothing to read: pass --input FILE and/or --include-misses")
@@ -139,7 +143,9 @@ def run_batch(options: BatchOptions, settings: BatchSettings) -> BatchSummary:
     run_id = _run_id(options, namespace, teacher, settings.max_chars)
 
     store = GenerationStore(
-        connect(settings, settings.redis_timeout_seconds), namespace, settings.ttl_seconds
+        connect(settings, settings.redis_timeout_seconds, settings.redis_cluster),
+        namespace,
+        settings.ttl_seconds,
     )
     try:
         _label_and_publish(options, settings, teacher, texts, store, run_id, summary)

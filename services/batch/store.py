@@ -3,8 +3,11 @@
 A run is keyed by the fingerprint of its inputs, so a rerun after a crash finds the same
 record and finishes the same generation. Every step that must not interleave with another
 worker (claiming the run, recording a shard, flipping the pointer) is one Lua script, which
-Redis runs atomically. Predictions are written with a script too: one call per chunk of keys
-costs a fraction of the client-side work of pipelined SETs.
+Redis runs atomically; on a Redis Cluster too, as each script's keys share the namespace's
+hash tag (`services.contracts.cache_schema`). Predictions are written with a script on a
+single Redis (one call per chunk of keys costs a fraction of the client-side work of
+pipelined SETs); on a cluster, where a chunk's keys spread over every slot, with a pipeline
+that redis-py splits into one per master.
 """
 
 import enum
@@ -14,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any, cast
 
 import redis
+import redis.cluster
 from redis.exceptions import RedisError
 
 from services.batch.errors import BatchError
@@ -108,17 +112,24 @@ class RunState:
     flipped: bool
 
 
-def connect(settings: RedisSettings, timeout_s: float) -> "redis.Redis":
-    """A client checked with PING; BatchError (without credentials) if unreachable."""
+def connect(settings: RedisSettings, timeout_s: float, cluster: bool = False) -> "redis.Redis":
+    """A client checked with PING (of a Redis Cluster when `cluster`); BatchError (without
+    credentials) if unreachable."""
     try:
-        client = sync_client(settings, socket_timeout=timeout_s, socket_connect_timeout=timeout_s)
+        client = sync_client(
+            settings, cluster=cluster, socket_timeout=timeout_s, socket_connect_timeout=timeout_s
+        )
     except ValueError as exc:
         raise BatchError(f"invalid Redis URL: {exc}") from None
-    kwargs = client.connection_pool.connection_kwargs
-    where = kwargs.get("path") or f"{kwargs.get('host')}:{kwargs.get('port')}"
+    except (RedisError, OSError) as exc:  # a cluster client asks for the slots at once
+        raise BatchError(f"cannot reach the Redis Cluster: {exc}") from None
     try:
         client.ping()
     except (RedisError, OSError) as exc:
+        if cluster:
+            raise BatchError(f"cannot reach the Redis Cluster: {exc}") from None
+        kwargs = client.connection_pool.connection_kwargs
+        where = kwargs.get("path") or f"{kwargs.get('host')}:{kwargs.get('port')}"
         raise BatchError(f"cannot reach Redis at {where}: {exc}") from None
     return client
 
@@ -136,6 +147,7 @@ def _next_stream_id(entry_id: str) -> str:
 class GenerationStore:
     def __init__(self, client: "redis.Redis", namespace: str, ttl_seconds: int) -> None:
         self._client = client
+        self._cluster = isinstance(client, redis.cluster.RedisCluster)
         self._namespace = namespace
         self._ttl_seconds = ttl_seconds
         self._claim = client.register_script(_CLAIM)
@@ -190,17 +202,28 @@ class GenerationStore:
         absent: list[str] = []
         for chunk in _chunks(digests, _CHUNK):
             keys = [prediction_key_for_hash(self._namespace, generation, d) for d in chunk]
-            absent.extend(chunk[index] for index in self._missing(keys=keys))
+            if self._cluster:
+                with self._client.pipeline(transaction=False) as pipe:
+                    for key in keys:
+                        pipe.exists(key)
+                    found = pipe.execute()
+                absent.extend(digest for digest, n in zip(chunk, found, strict=True) if not n)
+            else:
+                absent.extend(chunk[index] for index in self._missing(keys=keys))
         return absent
 
     def write(self, generation: str, values: Sequence[tuple[str, str]]) -> None:
         """Store (digest, CachedPrediction JSON) pairs in `generation`, with the run's TTL."""
 
         def write_chunk(chunk: Sequence[tuple[str, str]]) -> None:
-            self._write(
-                keys=[prediction_key_for_hash(self._namespace, generation, d) for d, _ in chunk],
-                args=[value for _, value in chunk] + [self._ttl_seconds],
-            )
+            keys = [prediction_key_for_hash(self._namespace, generation, d) for d, _ in chunk]
+            if self._cluster:
+                with self._client.pipeline(transaction=False) as pipe:
+                    for key, (_, value) in zip(keys, chunk, strict=True):
+                        pipe.set(key, value, ex=self._ttl_seconds)
+                    pipe.execute()
+                return
+            self._write(keys=keys, args=[value for _, value in chunk] + [self._ttl_seconds])
 
         # Two calls in flight: one chunk is packed here while Redis runs the other, which
         # nearly doubles the rate of a single caller (the socket wait releases the GIL).

@@ -46,6 +46,13 @@ def run(
     redis_url: Annotated[
         str | None, typer.Option(help="Redis URL; prefer SWITCHYARD_BATCH_REDIS_URL.")
     ] = None,
+    redis_cluster: Annotated[
+        bool | None,
+        typer.Option(
+            "--redis-cluster/--no-redis-cluster",
+            help="The URL names a node of a Redis Cluster [SWITCHYARD_BATCH_REDIS_CLUSTER].",
+        ),
+    ] = None,
     namespace: Annotated[str, typer.Option(help="Cache namespace [the task].")] = "",
     input_format: Annotated[
         str | None, typer.Option("--format", help="jsonl, csv, text or parquet [from the suffix].")
@@ -78,6 +85,7 @@ def run(
 
     overrides: dict[str, Any] = {
         "redis_url": redis_url,
+        "redis_cluster": redis_cluster,
         "build_dir": build,
         "ttl_seconds": None if ttl is None else _seconds(ttl),
         "batch_size": batch_size,

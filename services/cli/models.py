@@ -192,14 +192,16 @@ _DEFAULT_REPOSITORY = Path("build/model_repository")
 def _rollouts(repository: Path, redis_url: str | None) -> "Rollouts":
     from pydantic import ValidationError
 
-    from services.pipeline.rollout import Rollouts, RolloutSettings
+    from services.pipeline.rollout import RolloutError, Rollouts, RolloutSettings
 
     overrides: dict[str, Any] = {} if redis_url is None else {"redis_url": redis_url}
     try:
         settings = RolloutSettings(**overrides)
+        return Rollouts.connect(settings, repository)
     except ValidationError as exc:
         raise settings_error("rollout settings", exc) from None
-    return Rollouts.connect(settings, repository)
+    except RolloutError as exc:
+        raise fail(str(exc)) from None
 
 
 def _change_rollout(

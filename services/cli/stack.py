@@ -48,7 +48,16 @@ def up(
     triton_http_port: Annotated[int | None, typer.Option(help="Triton HTTP [8000].")] = None,
     triton_grpc_port: Annotated[int | None, typer.Option(help="Triton gRPC [8001].")] = None,
     triton_metrics_port: Annotated[int | None, typer.Option(help="Triton metrics [8002].")] = None,
-    redis_port: Annotated[int | None, typer.Option(help="Redis [6379].")] = None,
+    redis_port: Annotated[
+        int | None, typer.Option(help="Redis [6379]; a cluster's nodes take it and the next 5.")
+    ] = None,
+    redis_cluster: Annotated[
+        bool | None,
+        typer.Option(
+            "--redis-cluster/--no-redis-cluster",
+            help="Run a Redis Cluster (3 masters, 3 replicas) instead of one Redis.",
+        ),
+    ] = None,
     prometheus_port: Annotated[int | None, typer.Option(help="Prometheus [9090].")] = None,
 ) -> None:
     """Start Redis, Triton, the router, a first batch run and Prometheus (if installed)."""
@@ -66,6 +75,7 @@ def up(
             "triton_grpc_port": triton_grpc_port,
             "triton_metrics_port": triton_metrics_port,
             "redis_port": redis_port,
+            "redis_cluster": redis_cluster,
             "prometheus_port": prometheus_port,
         }
     )

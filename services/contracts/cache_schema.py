@@ -1,14 +1,26 @@
 """How predictions are laid out in Redis; shared by the router and the offline batch job.
 
-    switchyard:<namespace>:generation                -> id of the current generation
-    switchyard:<namespace>:<generation>:<text hash>  -> JSON CachedPrediction (with a TTL)
-    switchyard:<namespace>:<generation>:meta         -> hash: who wrote it, when, how many rows
-    switchyard:<namespace>:batch:<run id>            -> hash: state of one batch run (shards done)
-    switchyard:<namespace>:misses                    -> stream of low-confidence texts
-    switchyard:<namespace>:misses:seen               -> set of their hashes (deduplication)
-    channel switchyard:generations                   -> "<namespace> <generation>" on a flip
+    switchyard:{<namespace>}:generation               -> id of the current generation
+    switchyard:{<namespace>}:<generation>:meta        -> hash: who wrote it, when, how many rows
+    switchyard:{<namespace>}:batch:<run id>           -> hash: state of one batch run (shards done)
+    switchyard:{<namespace>}:misses                   -> stream of low-confidence texts
+    switchyard:{<namespace>}:misses:seen              -> set of their hashes (deduplication)
+    switchyard:<namespace>:<generation>:<text hash>   -> JSON CachedPrediction (with a TTL)
+    channel switchyard:generations                    -> "<namespace> <generation>" on a flip
+
+The same layout serves a single Redis and a Redis Cluster. On a cluster, the `{<namespace>}`
+hash tag puts a namespace's control keys in one slot, so each of the batch job's scripts
+(claim a run, record a shard, flip the pointer) touches one slot, while the prediction keys
+carry no tag and spread over every slot and master.
 
 The text hash is taken over the normalised text, so case and whitespace variants share a key.
+
+Migration from the layout before the hash tags (`switchyard:<namespace>:generation`, with the
+same prediction keys): a router reads the old pointer of a namespace that has no new one yet
+(`legacy_generation_key`, single Redis only), so it keeps answering from the old generation
+until the next batch run writes the new layout and flips. Misses queued under the old stream
+key are not read by new batch runs: run the batch job with `--include-misses` before the
+upgrade to drain them.
 """
 
 import hashlib
@@ -19,10 +31,12 @@ from services.contracts.text import normalize_text
 
 __all__ = [
     "GENERATIONS_CHANNEL",
+    "NAMESPACE_PATTERN",
     "CachedPrediction",
     "batch_run_key",
     "generation_key",
     "generation_meta_key",
+    "legacy_generation_key",
     "misses_seen_key",
     "misses_stream_key",
     "prediction_key",
@@ -39,7 +53,22 @@ def text_hash(text: str) -> str:
     return hashlib.sha256(normalize_text(text).encode("utf-8")).hexdigest()[:32]
 
 
+NAMESPACE_PATTERN = r"^[^{}:\s]+$"
+"""A namespace never holds braces (they would change the keys' hash tag), colons or spaces."""
+
+
+def _control(namespace: str) -> str:
+    """The prefix of a namespace's control keys, with the hash tag that keeps them in one
+    cluster slot."""
+    return f"{_PREFIX}:{{{namespace}}}"
+
+
 def generation_key(namespace: str) -> str:
+    return f"{_control(namespace)}:generation"
+
+
+def legacy_generation_key(namespace: str) -> str:
+    """The pointer of the layout before the hash tags; read until the next run flips."""
     return f"{_PREFIX}:{namespace}:generation"
 
 
@@ -52,19 +81,19 @@ def prediction_key_for_hash(namespace: str, generation: str, digest: str) -> str
 
 
 def generation_meta_key(namespace: str, generation: str) -> str:
-    return f"{_PREFIX}:{namespace}:{generation}:meta"
+    return f"{_control(namespace)}:{generation}:meta"
 
 
 def batch_run_key(namespace: str, run_id: str) -> str:
-    return f"{_PREFIX}:{namespace}:batch:{run_id}"
+    return f"{_control(namespace)}:batch:{run_id}"
 
 
 def misses_stream_key(namespace: str) -> str:
-    return f"{_PREFIX}:{namespace}:misses"
+    return f"{_control(namespace)}:misses"
 
 
 def misses_seen_key(namespace: str) -> str:
-    return f"{_PREFIX}:{namespace}:misses:seen"
+    return f"{_control(namespace)}:misses:seen"
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,7 @@ from urllib.parse import urlsplit
 
 import redis
 import redis.asyncio
+import redis.cluster
 from pydantic import BaseModel, SecretStr, model_validator
 
 from services.contracts.readable_file import ReadableFile
@@ -73,9 +74,14 @@ def _url_and_options(settings: RedisSettings) -> tuple[str, dict[str, Any]]:
     return url, options
 
 
-def sync_client(settings: RedisSettings, **kwargs: Any) -> "redis.Redis":
-    """A client for the batch job; `kwargs` are redis-py options such as socket_timeout."""
+def sync_client(settings: RedisSettings, cluster: bool = False, **kwargs: Any) -> "redis.Redis":
+    """A client for the batch job and the CLI; a RedisCluster client when `cluster`, which
+    finds every node from the one the URL names. `kwargs` are redis-py options such as
+    socket_timeout."""
     url, options = _url_and_options(settings)
+    if cluster:
+        client = redis.cluster.RedisCluster.from_url(url, **options, **kwargs)
+        return client  # type: ignore[return-value]
     return redis.Redis.from_url(url, **options, **kwargs)
 
 

@@ -1,7 +1,9 @@
 """Rollouts: which version of each model every router of a deployment serves.
 
 `switchyard models canary|promote|rollback` change a model's rollout record in Redis
-(`services.contracts.rollout_schema`) and announce it on pub/sub in the same transaction;
+(`services.contracts.rollout_schema`) and then announce it on pub/sub (a Redis Cluster
+allows no PUBLISH inside a transaction; a router that misses it reads the record within its
+1 s poll);
 each router follows within about a second, and only onto versions Triton reports READY and
 whose files load, so a change never fails a request. The read-modify-write runs under WATCH:
 two operators at once never lose one of the changes.
@@ -41,6 +43,7 @@ class RolloutSettings(RedisSettings, BaseSettings):
     model_config = SettingsConfigDict(env_prefix="SWITCHYARD_ROLLOUT_", frozen=True)
 
     redis_timeout_seconds: float = Field(5.0, gt=0)
+    redis_cluster: bool = Field(False, description="redis_url is a node of a Redis Cluster")
 
 
 class Rollouts:
@@ -53,11 +56,17 @@ class Rollouts:
 
     @classmethod
     def connect(cls, settings: RolloutSettings, repository: Path | None) -> "Rollouts":
-        client = sync_client(
-            settings,
-            socket_timeout=settings.redis_timeout_seconds,
-            socket_connect_timeout=settings.redis_timeout_seconds,
-        )
+        try:
+            client = sync_client(
+                settings,
+                cluster=settings.redis_cluster,
+                socket_timeout=settings.redis_timeout_seconds,
+                socket_connect_timeout=settings.redis_timeout_seconds,
+            )
+        except (RedisError, OSError) as exc:  # a cluster client asks for the slots at once
+            raise RolloutError(f"cannot reach the Redis Cluster: {exc}") from None
+        except ValueError as exc:
+            raise RolloutError(f"invalid Redis URL: {exc}") from None
         return cls(client, repository)
 
     def close(self) -> None:
@@ -149,10 +158,10 @@ class Rollouts:
             new = replace(change(old), updated_at=time.time())
             pipe.multi()
             pipe.set(key, new.to_json())
-            pipe.publish(ROLLOUTS_CHANNEL, model)
             changed[:] = [new]
 
         self._call(lambda: self._client.transaction(transaction, key))
+        self._call(lambda: self._client.publish(ROLLOUTS_CHANNEL, model))
         return changed[0]
 
     def _call(self, call: Callable[[], Any]) -> Any:

@@ -19,7 +19,9 @@ class RedisServer:
     """redis-server in its own folder, on `port` (a free one by default).
 
     Without persistence by default; `persistent` saves a snapshot on shutdown and loads it on
-    the next start, so a restarted server keeps its data.
+    the next start, so a restarted server keeps its data. `cluster_node_timeout_ms` makes it
+    a node of a Redis Cluster (`services.processes.redis_cluster`), its node file kept in its
+    folder so a restarted node rejoins.
     """
 
     def __init__(
@@ -28,20 +30,32 @@ class RedisServer:
         port: int | None = None,
         host: str = "127.0.0.1",
         persistent: bool = False,
+        cluster_node_timeout_ms: int | None = None,
     ) -> None:
         self.host = host
         self.port = port or free_port(host)
         self.url = f"redis://{host}:{self.port}/0"
         self._directory = directory
         self._persistent = persistent
+        self._cluster_node_timeout_ms = cluster_node_timeout_ms
+        self._bus_port = free_port(host) if cluster_node_timeout_ms is not None else 0
         self._process: ChildProcess | None = None
 
     def command(self) -> list[str]:
-        return [
+        command = [
             "redis-server", "--port", str(self.port), "--bind", self.host,
             "--save", "3600 1" if self._persistent else "", "--appendonly", "no",
             "--dir", str(self._directory), "--dbfilename", f"redis-{self.port}.rdb",
         ]  # fmt: skip
+        if self._cluster_node_timeout_ms is not None:
+            command += [
+                "--cluster-enabled", "yes",
+                # Its own free port: the default, port + 10000, may be taken or out of range.
+                "--cluster-port", str(self._bus_port),
+                "--cluster-config-file", f"nodes-{self.port}.conf",
+                "--cluster-node-timeout", str(self._cluster_node_timeout_ms),
+            ]  # fmt: skip
+        return command
 
     def start(self, timeout_s: float = 10.0) -> None:
         log = self._directory / f"redis-{self.port}.log"
@@ -75,6 +89,10 @@ class RedisServer:
         """SIGSTOP or SIGCONT the server: connections stay open and nothing answers."""
         if self._process is not None:
             self._process.signal(signal.SIGSTOP if paused else signal.SIGCONT)
+
+    @property
+    def running(self) -> bool:
+        return self._process is not None
 
     def stop(self) -> None:
         if self._process is not None:

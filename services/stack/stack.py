@@ -21,6 +21,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from router.client import RequestError, RouterClient
 from services.contracts.build_layout import BuildLayout
 from services.contracts.model_repository import CONFIG_FILE
+from services.processes.redis_cluster import cluster_nodes, join_cluster
 from services.processes.redis_server import RedisServer
 from services.processes.supervisor import ChildProcess, ProcessRecord, StartFailed
 from services.stack.errors import StackError
@@ -30,6 +31,9 @@ from services.stack.prometheus import local_config
 from services.stack.samples import sample_queries
 
 __all__ = ["StackError", "StackSettings", "down", "up"]
+
+# Three masters with one replica each: the smallest cluster that survives losing a master.
+_CLUSTER_NODES = 6
 
 
 def _package_file(package: str, name: str) -> Path:
@@ -50,21 +54,31 @@ class StackSettings(BaseSettings):
     triton_http_port: int = Field(8000, gt=0, lt=65536)
     triton_grpc_port: int = Field(8001, gt=0, lt=65536)
     triton_metrics_port: int = Field(8002, gt=0, lt=65536)
-    redis_port: int = Field(6379, gt=0, lt=65536)
+    redis_port: int = Field(6379, gt=0, lt=65531)
+    redis_cluster: bool = Field(
+        False, description="six cluster nodes on redis_port and the next five ports"
+    )
     prometheus_port: int = Field(9090, gt=0, lt=65536)
     scrape_interval_seconds: float = Field(5.0, gt=0)
     ready_timeout_seconds: float = Field(180.0, gt=0)
     stop_grace_seconds: float = Field(15.0, gt=0)
     router_config: Path = Field(default_factory=lambda: _package_file("router", "config.yaml"))
 
+    def redis_ports(self) -> list[int]:
+        return [self.redis_port + i for i in range(_CLUSTER_NODES if self.redis_cluster else 1)]
+
     def ports(self) -> dict[str, int]:
+        redis = {
+            f"redis node {i + 1}" if self.redis_cluster else "redis": port
+            for i, port in enumerate(self.redis_ports())
+        }
         return {
             "router gRPC": self.router_port,
             "router metrics": self.router_metrics_port,
             "triton HTTP": self.triton_http_port,
             "triton gRPC": self.triton_grpc_port,
             "triton metrics": self.triton_metrics_port,
-            "redis": self.redis_port,
+            **redis,
             "prometheus": self.prometheus_port,
         }
 
@@ -122,6 +136,7 @@ def _router_config(settings: StackSettings, repository: Path) -> Path:
     config.update(
         model_repository=str(repository.resolve()),
         redis_url=f"redis://{settings.host}:{settings.redis_port}/0",
+        redis_cluster=settings.redis_cluster,
         triton_url=f"{settings.host}:{settings.triton_grpc_port}",
         host=settings.host,
         grpc_port=settings.router_port,
@@ -168,10 +183,7 @@ def up(settings: StackSettings, say: Callable[[str], None]) -> list[ProcessRecor
         say(f"{name} ready on {address} (pid {process.pid})")
 
     try:
-        redis_dir = settings.state_dir / "redis"
-        redis_dir.mkdir(exist_ok=True)
-        redis = RedisServer(redis_dir, settings.redis_port, host)
-        start("redis", redis.command(), redis.url, redis.ping)
+        redis_url = _start_redis(settings, start)
         triton = _switchyard(
             "triton", "serve", "--repository", str(repository), "--host", host,
             "--grpc-port", str(settings.triton_grpc_port),
@@ -187,7 +199,7 @@ def up(settings: StackSettings, say: Callable[[str], None]) -> list[ProcessRecor
         with RouterClient(router_address, timeout_s=2.0, retries=0) as probe:
             start("router", router, router_address, lambda: _serving(probe))
         for task in tasks:
-            fill_cache(settings, task, redis.url, say)
+            fill_cache(settings, task, redis_url, say)
         if prometheus is not None:
             config = settings.state_dir / "prometheus.yml"
             config.write_text(
@@ -215,6 +227,27 @@ def up(settings: StackSettings, say: Callable[[str], None]) -> list[ProcessRecor
     return started
 
 
+def _start_redis(settings: StackSettings, start: Callable[..., None]) -> str:
+    """Start one Redis, or the nodes of a Redis Cluster joined into one; its URL."""
+    redis_dir = settings.state_dir / "redis"
+    redis_dir.mkdir(exist_ok=True)
+    if not settings.redis_cluster:
+        redis = RedisServer(redis_dir, settings.redis_port, settings.host)
+        start("redis", redis.command(), redis.url, redis.ping)
+        return redis.url
+    # A node remembers its cluster in its node file; the data is gone, so forget it too.
+    for stale in redis_dir.glob("nodes-*.conf"):
+        stale.unlink()
+    nodes = cluster_nodes(redis_dir, settings.redis_ports(), settings.host)
+    for index, node in enumerate(nodes, start=1):
+        start(f"redis-{index}", node.command(), node.url, node.ping)
+    try:
+        join_cluster(nodes, replicas=1, timeout_s=settings.ready_timeout_seconds)
+    except RuntimeError as exc:
+        raise StackError(str(exc)) from None
+    return nodes[0].url
+
+
 def fill_cache(
     settings: StackSettings, task: str, redis_url: str, say: Callable[[str], None]
 ) -> None:
@@ -229,6 +262,7 @@ def fill_cache(
         "batch", "run", "--task", task, "--input", str(queries), "--build",
         str(settings.build_dir), "--redis-url", redis_url, "--no-progress",
         "--metrics-file", str(settings.state_dir / "metrics" / f"batch-{task}.prom"),
+        "--redis-cluster" if settings.redis_cluster else "--no-redis-cluster",
     )  # fmt: skip
     result = subprocess.run(command, capture_output=True, text=True, check=False)
     if result.returncode != 0:

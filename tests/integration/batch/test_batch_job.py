@@ -28,6 +28,8 @@ from services.pipeline.datasets import load_task
 from services.pipeline.task_file import load_task_file, shipped_task_file
 from services.pipeline.teacher import load_classifier
 from services.pipeline.training import predict_logits
+from services.processes.redis_cluster import RedisClusterServers
+from services.triton.server import TritonServer
 from tests.integration.conftest import (
     SWITCHYARD,
     RedisServer,
@@ -347,3 +349,61 @@ def test_bad_input_fails_clearly_and_keeps_the_generation(
     assert len(result.stderr.strip().splitlines()) == 1
     assert "Traceback" not in result.stderr + result.stdout
     assert client.get(generation_key("guarded")) == b"keep-me"
+
+
+def test_on_a_redis_cluster_sharded_runs_flip_and_the_router_answers_from_every_master(
+    tiny_build: Path,
+    redis_cluster: RedisClusterServers,
+    triton: TritonServer,
+    sentiment_texts: list[str],
+    tmp_path: Path,
+) -> None:
+    """Two shards and a misses run on a six-node cluster, read by a router in cluster mode."""
+    texts = sentiment_texts[:60]
+    queries = write_jsonl(tmp_path / "queries.jsonl", texts)
+    client = redis_cluster.client()
+    namespace = f"cluster-{free_port()}"
+    router = RouterProcess(
+        tmp_path, tiny_build / "model_repository", redis_cluster.url, triton.settings.grpc_port,
+        redis_cluster=True,
+        tasks={"sentiment": {"cache_namespace": namespace, "max_text_length": 280}},
+    )  # fmt: skip
+    common = ["--task", "sentiment", "--namespace", namespace, "--redis-cluster"]
+    try:
+        router.start()
+        for shard in ("0/2", "1/2"):
+            result = batch_run(
+                tiny_build, redis_cluster.url, *common, "--input", str(queries), "--shard", shard
+            )
+        assert "outcome: flipped" in result.stdout
+        generation = client.get(generation_key(namespace)).decode()
+        keys = [prediction_key(namespace, generation, text) for text in texts]
+        assert all(client.exists(key) for key in keys)
+        per_master = {master.port: master.client().dbsize() for master in redis_cluster.masters()}
+        assert len(per_master) == 3 and min(per_master.values()) > 0, per_master
+        wait_for_generation(router.address, "sentiment", generation)
+        expected = teacher_labels(tiny_build, "sentiment", texts)
+        with client_of(router.address) as router_client:
+            for start in range(0, len(texts), 8):
+                answers = router_client.predict_batch("sentiment", texts[start : start + 8])
+                assert [a.route for a in answers] == [Route.CACHE] * len(answers)
+                assert [a.label for a in answers] == expected[start : start + 8]
+            # The misses loop: a low-confidence model answer is queued, and the next run with
+            # --include-misses covers it and empties the queue.
+            unseen = sentiment_texts[-1]
+            miss = router_client.predict("sentiment", unseen, min_confidence=1.0)
+            assert miss.route == Route.MODEL
+        stream = misses_stream_key(namespace)
+        deadline = time.monotonic() + 10
+        while client.xlen(stream) == 0:
+            assert time.monotonic() < deadline, "the miss never reached the stream"
+            time.sleep(0.05)
+        result = batch_run(tiny_build, redis_cluster.url, *common, "--include-misses")
+        assert "outcome: flipped" in result.stdout
+        newer = client.get(generation_key(namespace)).decode()
+        assert newer != generation and client.xlen(stream) == 0
+        assert client.exists(prediction_key(namespace, newer, unseen))
+        wait_for_generation(router.address, "sentiment", newer)
+        assert predict(router.address, "sentiment", unseen).route == Route.CACHE
+    finally:
+        router.stop()
