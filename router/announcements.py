@@ -10,7 +10,6 @@ from collections.abc import Awaitable, Callable
 
 import redis.asyncio as redis
 from redis.asyncio.client import PubSub
-from redis.exceptions import RedisError
 
 __all__ = ["Announcements"]
 
@@ -67,7 +66,7 @@ class Announcements:
                 async for message in pubsub.listen():
                     if message.get("type") == "message":
                         await self._on_message(message["data"].decode())
-            except (RedisError, OSError) as exc:
+            except Exception as exc:  # redis-py's cluster client raises more than RedisError
                 if self._closing:
                     return
                 _log.warning(

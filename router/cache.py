@@ -140,6 +140,12 @@ class PredictionCache:
         except (RedisError, OSError, TimeoutError) as exc:
             self._breaker.record(ok=False)
             raise DependencyUnavailable(f"redis {operation} failed: {type(exc).__name__}") from exc
+        except Exception as exc:
+            # redis-py's cluster client can fail with other errors while it learns the slots
+            # anew after a failover (seen: AttributeError); still Redis failing, never ours.
+            self._breaker.record(ok=False)
+            _log.warning("redis %s failed inside redis-py: %r", operation, exc)
+            raise DependencyUnavailable(f"redis {operation} failed: {type(exc).__name__}") from exc
         self._breaker.record(ok=True)
         return result
 
@@ -242,7 +248,7 @@ class PredictionCache:
     async def ping(self) -> bool:
         try:
             await asyncio.wait_for(self._client.ping(), self._timeout_s * 4)
-        except (RedisError, OSError, TimeoutError):
+        except Exception:  # whatever redis-py raises (see _call): Redis is not answering
             return False
         return True
 

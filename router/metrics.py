@@ -120,6 +120,11 @@ class RouterMetrics:
             ["model", "version"],
             registry=registry,
         )
+        self.triton_replicas = Gauge(
+            "switchyard_triton_replicas",
+            "Triton replicas the model route spreads its calls over.",
+            registry=registry,
+        )
         self.dependency_up = Gauge(
             "switchyard_dependency_up",
             "1 when the dependency answers health checks.",

@@ -11,12 +11,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
-import tritonclient.grpc.aio as triton_aio
 from tritonclient.grpc import InferInput
 from tritonclient.utils import InferenceServerException
 
 from router.answers import ModelAnswer
 from router.errors import DeadlineExceeded, DependencyUnavailable
+from router.replicas import TritonReplicas
 from router.rollout import Serving
 from services.contracts.model_io import OUTPUT_NAME, TextEncoder, softmax
 from services.contracts.model_repository import ModelVersion, version_dirs
@@ -78,7 +78,7 @@ class StudentClient:
         buckets: list[int],
         ready_timeout_s: float = 60.0,
     ) -> None:
-        self._client = triton_aio.InferenceServerClient(url, channel_args=_CHANNEL_ARGS)
+        self.replicas = TritonReplicas(url, _CHANNEL_ARGS)
         self._repository = repository
         self._timeout_s = timeout_s
         self._buckets = sorted(buckets)
@@ -95,13 +95,14 @@ class StudentClient:
         """Pick each model's newest version that Triton serves and whose files load (the
         repository's newest that loads, while Triton is not up); a version that does not load
         is remembered as broken, so a router started during a bad rollout still serves."""
+        await self.replicas.resolve()
         for name in model_names:
             versions = [path.name for path in version_dirs(self._repository / name)]
             if not versions:
                 raise FileNotFoundError(f"no version of model {name!r} in {self._repository}")
             served: list[str] = []
             try:
-                metadata = await self._client.get_model_metadata(name, as_json=True)
+                metadata = await self.replicas.metadata(name)
                 served = [v for v in metadata.get("versions", []) if v in versions]
             except InferenceServerException:
                 pass  # Triton not up yet: serve what the repository holds.
@@ -174,10 +175,8 @@ class StudentClient:
         return {version for version, up in zip(versions, ready, strict=True) if up}
 
     async def _version_ready(self, name: str, version: str) -> bool:
-        try:
-            return bool(await asyncio.wait_for(self._client.is_model_ready(name, version), 2.0))
-        except (InferenceServerException, TimeoutError, OSError):
-            return False
+        """Whether a replica serves the version (calls of it go only to those that do)."""
+        return await self.replicas.ready_on(name, version) > 0
 
     @property
     def loaded(self) -> set[str]:
@@ -185,15 +184,11 @@ class StudentClient:
         return set(self._serving)
 
     async def close(self) -> None:
-        await self._client.close()
+        await self.replicas.close()
 
     async def is_ready(self, model_names: Sequence[str]) -> bool:
-        try:
-            ready = await asyncio.wait_for(
-                asyncio.gather(*(self._client.is_model_ready(n) for n in model_names)), 2.0
-            )
-        except (InferenceServerException, TimeoutError, OSError):
-            return False
+        """Whether some replica serves each of the models."""
+        ready = await asyncio.gather(*(self.replicas.ready_on(name) for name in model_names))
         return all(ready)
 
     def encode(self, model: ServedModel, texts: Sequence[str]) -> list[InferInput]:
@@ -213,11 +208,8 @@ class StudentClient:
             raise DeadlineExceeded("the deadline ran out before the model could be called")
         try:
             async with asyncio.timeout(budget):
-                result = await self._client.infer(
-                    model.name,
-                    self.encode(model, texts),
-                    model_version=model.version,
-                    client_timeout=budget,
+                result = await self.replicas.infer(
+                    model.name, model.version, self.encode(model, texts), budget
                 )
         except TimeoutError:
             raise DeadlineExceeded(

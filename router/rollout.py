@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from typing import Generic, Protocol, TypeVar
 
 import redis.asyncio as redis
-from redis.exceptions import RedisError
 
 from router.announcements import Announcements
 from services.contracts.rollout_schema import ROLLOUTS_CHANNEL, Rollout, canary_share, rollout_key
@@ -92,7 +91,7 @@ class RolloutRecords:
         try:
             async with asyncio.timeout(self._timeout_s):
                 values = await self._client.mget(keys)
-        except (RedisError, OSError, TimeoutError) as exc:
+        except Exception as exc:  # redis-py's cluster client raises more than RedisError
             if not self._failing:
                 _log.warning("cannot read the rollout records (%s); keeping the last ones", exc)
             self._failing = True

@@ -1,6 +1,7 @@
 """Wiring: build the router from its settings, serve gRPC (with health and reflection) and
 Prometheus metrics, keep health honest, follow the repository's task set (and re-read it on
-SIGHUP), and shut down gracefully on SIGTERM or SIGINT."""
+SIGHUP), the rollout records, the served versions and the Triton replicas, and shut down
+gracefully on SIGTERM or SIGINT."""
 
 import asyncio
 import contextlib
@@ -246,6 +247,18 @@ async def _move_versions(
         metrics.canary_weight.labels(name).set(serving.weight)
 
 
+async def _follow_replicas(settings: RouterSettings, student: StudentClient) -> None:
+    """Resolve a dns: Triton target again and again, so replicas an autoscaler adds get
+    calls within `triton_resolve_seconds` and removed ones none."""
+    while True:
+        await asyncio.sleep(settings.triton_resolve_seconds)
+        try:
+            if await student.replicas.resolve():
+                _log.info("triton replicas: %s", ", ".join(student.replicas.addresses))
+        except Exception:  # keep the known replicas; the next lookup tries again
+            _log.exception("could not resolve the triton replicas")
+
+
 async def _cancel(task: "asyncio.Task[None]") -> None:
     task.cancel()
     with contextlib.suppress(asyncio.CancelledError):
@@ -320,6 +333,10 @@ async def serve(settings: RouterSettings, ready: asyncio.Event | None = None) ->
             _follow_versions(settings, student, records, versions_changed, metrics)
         )
         resources.push_async_callback(_cancel, versions_watch)
+        metrics.triton_replicas.set_function(lambda: len(student.replicas.addresses))
+        if student.replicas.follows_dns:
+            replicas_watch = asyncio.create_task(_follow_replicas(settings, student))
+            resources.push_async_callback(_cancel, replicas_watch)
         _log.info("router listening on %s, metrics on :%d", address, settings.metrics_port)
         if ready is not None:
             ready.set()

@@ -70,7 +70,14 @@ class RouterSettings(RedisSettings, BaseSettings):
     model_repository: Path
     redis_cluster: bool = False
     redis_timeout_ms: float = Field(50.0, gt=0)
-    triton_url: str = "127.0.0.1:8001"
+    triton_url: str = Field(
+        "127.0.0.1:8001",
+        description="host:port, a list host:port,host:port, or dns:///NAME:PORT (every "
+        "address NAME resolves to, e.g. a headless Service; router.replicas)",
+    )
+    triton_resolve_seconds: float = Field(
+        10.0, gt=0, description="how often a dns: triton_url is resolved again"
+    )
     triton_timeout_ms: float = Field(2000.0, gt=0)
     host: str = "127.0.0.1"
     grpc_port: int = Field(50051, ge=0, le=65535)

@@ -48,6 +48,10 @@ def up(
     triton_http_port: Annotated[int | None, typer.Option(help="Triton HTTP [8000].")] = None,
     triton_grpc_port: Annotated[int | None, typer.Option(help="Triton gRPC [8001].")] = None,
     triton_metrics_port: Annotated[int | None, typer.Option(help="Triton metrics [8002].")] = None,
+    triton_replicas: Annotated[
+        int | None,
+        typer.Option(help="Tritons the router spreads over [1]; each next one on ports +10."),
+    ] = None,
     redis_port: Annotated[
         int | None, typer.Option(help="Redis [6379]; a cluster's nodes take it and the next 5.")
     ] = None,
@@ -74,6 +78,7 @@ def up(
             "triton_http_port": triton_http_port,
             "triton_grpc_port": triton_grpc_port,
             "triton_metrics_port": triton_metrics_port,
+            "triton_replicas": triton_replicas,
             "redis_port": redis_port,
             "redis_cluster": redis_cluster,
             "prometheus_port": prometheus_port,

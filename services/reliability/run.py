@@ -34,6 +34,8 @@ FAST_SCENARIOS: dict[str, Scenario] = {
     "malformed-cache-values": scenarios.malformed_cache_values,
     "new-version": scenarios.new_version,
     "rollout": scenarios.rollout,
+    "redis-master-failover": scenarios.redis_failover,
+    "triton-replica-loss": scenarios.triton_replica_loss,
     "bad-input": lambda bed, corpus: scenarios.bad_input(bed),
     "router-sigterm": scenarios.router_sigterm,
 }

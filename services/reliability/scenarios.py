@@ -29,8 +29,11 @@ from router.client import Policy, RequestError
 from services.contracts.cache_schema import generation_key, prediction_key
 from services.contracts.model_repository import MODEL_FILE, TOKENIZER_FILE, latest_version
 from services.pipeline.rollout import LATEST, Rollouts
+from services.processes.ports import free_port
+from services.processes.redis_cluster import RedisClusterServers
 from services.reliability.testbed import RouterProcess, Testbed, publish_generation
 from services.reliability.traffic import Outcome, Traffic, TrafficPlan
+from services.triton.server import TritonServer, TritonSettings
 
 __all__ = [
     "Corpus",
@@ -39,12 +42,14 @@ __all__ = [
     "generation_flips",
     "malformed_cache_values",
     "new_version",
+    "redis_failover",
     "redis_outage",
     "rollout",
     "router_sigterm",
     "slow_triton",
     "soak",
     "triton_outage",
+    "triton_replica_loss",
 ]
 
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
@@ -621,6 +626,151 @@ def _sample(router: RouterProcess, name: str, **labels: str) -> float:
             if sample.name == name and labels.items() <= sample.labels.items():
                 total += sample.value
     return total
+
+
+def redis_failover(bed: Testbed, corpus: Corpus) -> ScenarioResult:
+    """A master of a six-node Redis Cluster stopped under cache-route load: the model route
+    answers the texts of its slots until its replica takes over, then the cache does again."""
+    cluster = RedisClusterServers(bed.directory / "redis-cluster", node_timeout_ms=2000)
+    router = RouterProcess(
+        bed.directory, bed.repository, cluster.url, bed.triton_settings.grpc_port,
+        **bed.router_overrides | {"redis_cluster": True},
+    )  # fmt: skip
+    texts = [f"failover text {i}: the markets and a cup final" for i in range(300)]
+    traffic: Traffic | None = None
+    promoted_s = float("inf")
+    killed_at = 0.0
+    try:
+        cluster.start()
+        router.start()
+        client = cluster.client()
+        answers = {text: corpus.labels[i % len(corpus.labels)] for i, text in enumerate(texts)}
+        generation = publish_generation(client, bed.task, corpus.labels, answers)
+
+        def cached() -> bool:
+            with router.client() as probe:
+                return probe.predict(bed.task, texts[0]).cache_generation == generation
+
+        _wait_for(cached, 30)
+        traffic = Traffic(router.address, TrafficPlan(bed.task, texts, clients=4)).start()
+        time.sleep(2.0)
+        key = prediction_key(bed.task, generation, texts[0])
+        port = int(client.get_node_from_key(key).port)
+        (victim,) = [node for node in cluster.nodes if node.port == port]
+        lost = {
+            t
+            for t in texts
+            if client.get_node_from_key(prediction_key(bed.task, generation, t)).port == port
+        }
+        killed_at = time.monotonic()
+        victim.stop()
+        promoted = _wait_for(lambda: len(cluster.masters()) == 3, 30)
+        promoted_s = float("inf") if promoted is None else promoted - killed_at
+        time.sleep(3.0)
+    finally:
+        outcomes = [] if traffic is None else traffic.stop()
+        router.stop()
+        cluster.stop()
+    # From the stop, through the first model answer of a lost text, to the cache again.
+    disrupted = killed_at + _first(
+        outcomes, killed_at, lambda o: o.routes == ("model",) and o.texts[0] in lost
+    )
+    resumed_s = (
+        0.0  # no request ever missed the lost slots
+        if disrupted == float("inf")
+        else (disrupted - killed_at)
+        + _first(outcomes, disrupted, lambda o: o.routes == ("cache",) and o.texts[0] in lost)
+    )
+    after = [o for o in outcomes if o.started >= killed_at]
+    by_model = sum(1 for o in after if o.ok and o.routes == ("model",))
+    codes = _codes(outcomes)
+    return ScenarioResult(
+        name="redis-master-failover",
+        fault="one master of a Redis Cluster (3 masters, 3 replicas, node timeout 2 s) stopped "
+        "under cache-route load (4 clients)",
+        sent=len(outcomes),
+        codes=codes,
+        numbers={
+            "texts in the lost master's slots": len(lost),
+            "seconds until its replica was promoted": promoted_s,
+            "seconds until the lost slots answered from the cache again": resumed_s,
+            "answers from the model meanwhile": by_model,
+        },
+        checks={
+            "zero failed requests": codes.get("OK", 0) == len(outcomes),
+            "a replica takes over within 30 s": promoted_s <= 30,
+            "cache hits of the lost master's keys resume": resumed_s < float("inf"),
+        },
+    )
+
+
+def triton_replica_loss(bed: Testbed, corpus: Corpus) -> ScenarioResult:
+    """Model-route load over three Triton replicas, one of which is then stopped: the calls
+    spread over all three, and losing one fails no request."""
+    extra = [
+        TritonServer(
+            TritonSettings(
+                repository=bed.repository,
+                grpc_port=free_port(),
+                http_port=free_port(),
+                metrics_port=free_port(),
+            )
+        )
+        for _ in range(2)
+    ]
+    ports = [bed.triton_settings.grpc_port, *(t.settings.grpc_port for t in extra)]
+    router = RouterProcess(
+        bed.directory, bed.repository, bed.redis.url, ports[0],
+        **bed.router_overrides | {"triton_url": ",".join(f"127.0.0.1:{p}" for p in ports)},
+    )  # fmt: skip
+    traffic: Traffic | None = None
+    shares: list[float] = []
+    stopped_at = 0.0
+    try:
+        for triton in extra:
+            triton.start()
+        router.start()
+        plan = TrafficPlan(bed.task, corpus.uncached, clients=3, policy=Policy.MODEL_ONLY)
+        before = [_inferences(port, bed.task) for port in ports]
+        traffic = Traffic(router.address, plan).start()
+        time.sleep(4.0)
+        spread = [_inferences(port, bed.task) - b for port, b in zip(ports, before, strict=True)]
+        shares = [n / max(sum(spread), 1) for n in spread]
+        stopped_at = time.monotonic()
+        extra[0].stop()
+        time.sleep(3.0)
+    finally:
+        outcomes = [] if traffic is None else traffic.stop()
+        router.stop()
+        for triton in extra:
+            triton.stop()
+    codes = _codes(outcomes)
+    after = [o for o in outcomes if o.started >= stopped_at]
+    return ScenarioResult(
+        name="triton-replica-loss",
+        fault="model-route load (3 clients) over three Triton replicas, then one stopped",
+        sent=len(outcomes),
+        codes=codes,
+        numbers={
+            **{
+                f"share of inferences on replica {i + 1} (%)": 100 * x for i, x in enumerate(shares)
+            },
+            "requests after the loss": len(after),
+        },
+        checks={
+            "zero failed requests": codes.get("OK", 0) == len(outcomes),
+            "each replica serves 20% to 47% of the inferences": len(shares) == 3
+            and all(0.2 <= x <= 0.47 for x in shares),
+            "requests keep being answered after the loss": bool(after) and all(o.ok for o in after),
+        },
+    )
+
+
+def _inferences(port: int, model: str) -> int:
+    """Inferences the Triton on `port` ran for `model`, all versions (its own statistics)."""
+    with grpcclient.InferenceServerClient(f"127.0.0.1:{port}") as triton:
+        stats = triton.get_inference_statistics(model, as_json=True)
+    return sum(int(entry.get("inference_count", 0)) for entry in stats.get("model_stats", []))
 
 
 def malformed_cache_values(bed: Testbed, corpus: Corpus) -> ScenarioResult:

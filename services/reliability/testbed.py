@@ -15,6 +15,7 @@ from types import TracebackType
 from typing import Any
 
 import redis
+import redis.cluster
 import yaml
 
 from router.client import RequestError, RouterClient, TlsConfig
@@ -120,7 +121,10 @@ class RouterProcess:
 
 
 def publish_generation(
-    client: "redis.Redis", namespace: str, labels: list[str], answers: dict[str, str]
+    client: "redis.Redis | redis.cluster.RedisCluster",
+    namespace: str,
+    labels: list[str],
+    answers: dict[str, str],
 ) -> str:
     """Write a complete generation of teacher answers, flip the pointer, announce it: what the
     batch job does, without the teacher."""

@@ -21,7 +21,11 @@ def rules_dir() -> Path:
     return Path(str(resources.files("services.monitoring") / "prometheus" / "rules"))
 
 
-def local_config(host: str, router_metrics: int, triton_metrics: int, interval_s: float) -> str:
+def local_config(
+    host: str, router_metrics: int, triton_metrics: list[int], interval_s: float
+) -> str:
+    """The scrape config of the router and every Triton replica (their metrics ports)."""
+    tritons = [f"{host}:{port}" for port in triton_metrics]
     config: dict[str, Any] = {
         "global": {
             "scrape_interval": f"{interval_s:g}s",
@@ -30,7 +34,7 @@ def local_config(host: str, router_metrics: int, triton_metrics: int, interval_s
         "rule_files": [str(rules_dir() / "*.yml")],
         "scrape_configs": [
             {"job_name": ROUTER_JOB, "static_configs": [{"targets": [f"{host}:{router_metrics}"]}]},
-            {"job_name": TRITON_JOB, "static_configs": [{"targets": [f"{host}:{triton_metrics}"]}]},
+            {"job_name": TRITON_JOB, "static_configs": [{"targets": tritons}]},
         ],
     }
     return yaml.safe_dump(config, sort_keys=False)

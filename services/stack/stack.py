@@ -5,6 +5,7 @@
 anything, and stops what it started if a later step fails, so it never leaves half a stack.
 """
 
+import functools
 import json
 import shutil
 import socket
@@ -34,6 +35,7 @@ __all__ = ["StackError", "StackSettings", "down", "up"]
 
 # Three masters with one replica each: the smallest cluster that survives losing a master.
 _CLUSTER_NODES = 6
+_TRITON_PORT_STEP = 10
 
 
 def _package_file(package: str, name: str) -> Path:
@@ -54,6 +56,9 @@ class StackSettings(BaseSettings):
     triton_http_port: int = Field(8000, gt=0, lt=65536)
     triton_grpc_port: int = Field(8001, gt=0, lt=65536)
     triton_metrics_port: int = Field(8002, gt=0, lt=65536)
+    triton_replicas: int = Field(
+        1, ge=1, le=8, description="Tritons; replica i listens on each Triton port + 10 i"
+    )
     redis_port: int = Field(6379, gt=0, lt=65531)
     redis_cluster: bool = Field(
         False, description="six cluster nodes on redis_port and the next five ports"
@@ -67,17 +72,29 @@ class StackSettings(BaseSettings):
     def redis_ports(self) -> list[int]:
         return [self.redis_port + i for i in range(_CLUSTER_NODES if self.redis_cluster else 1)]
 
+    def triton_ports(self, replica: int) -> tuple[int, int, int]:
+        """HTTP, gRPC and metrics ports of Triton replica `replica` (from 0)."""
+        step = _TRITON_PORT_STEP * replica
+        return (
+            self.triton_http_port + step,
+            self.triton_grpc_port + step,
+            self.triton_metrics_port + step,
+        )
+
     def ports(self) -> dict[str, int]:
         redis = {
             f"redis node {i + 1}" if self.redis_cluster else "redis": port
             for i, port in enumerate(self.redis_ports())
         }
+        tritons: dict[str, int] = {}
+        for replica in range(self.triton_replicas):
+            name = f"triton {replica + 1}" if self.triton_replicas > 1 else "triton"
+            http, grpc, metrics = self.triton_ports(replica)
+            tritons |= {f"{name} HTTP": http, f"{name} gRPC": grpc, f"{name} metrics": metrics}
         return {
             "router gRPC": self.router_port,
             "router metrics": self.router_metrics_port,
-            "triton HTTP": self.triton_http_port,
-            "triton gRPC": self.triton_grpc_port,
-            "triton metrics": self.triton_metrics_port,
+            **tritons,
             **redis,
             "prometheus": self.prometheus_port,
         }
@@ -137,7 +154,10 @@ def _router_config(settings: StackSettings, repository: Path) -> Path:
         model_repository=str(repository.resolve()),
         redis_url=f"redis://{settings.host}:{settings.redis_port}/0",
         redis_cluster=settings.redis_cluster,
-        triton_url=f"{settings.host}:{settings.triton_grpc_port}",
+        triton_url=",".join(
+            f"{settings.host}:{settings.triton_ports(replica)[1]}"
+            for replica in range(settings.triton_replicas)
+        ),
         host=settings.host,
         grpc_port=settings.router_port,
         metrics_port=settings.router_metrics_port,
@@ -184,15 +204,15 @@ def up(settings: StackSettings, say: Callable[[str], None]) -> list[ProcessRecor
 
     try:
         redis_url = _start_redis(settings, start)
-        triton = _switchyard(
-            "triton", "serve", "--repository", str(repository), "--host", host,
-            "--grpc-port", str(settings.triton_grpc_port),
-            "--http-port", str(settings.triton_http_port),
-            "--metrics-port", str(settings.triton_metrics_port),
-        )  # fmt: skip
-        triton_ready = f"http://{host}:{settings.triton_http_port}/v2/health/ready"
-        triton_address = f"{host}:{settings.triton_grpc_port}"
-        start("triton", triton, triton_address, lambda: http_ok(triton_ready))
+        for replica in range(settings.triton_replicas):
+            http, grpc, metrics = settings.triton_ports(replica)
+            triton = _switchyard(
+                "triton", "serve", "--repository", str(repository), "--host", host,
+                "--grpc-port", str(grpc), "--http-port", str(http), "--metrics-port", str(metrics),
+            )  # fmt: skip
+            name = f"triton-{replica + 1}" if settings.triton_replicas > 1 else "triton"
+            ready = f"http://{host}:{http}/v2/health/ready"
+            start(name, triton, f"{host}:{grpc}", functools.partial(http_ok, ready))
         router_address = f"{host}:{settings.router_port}"
         router_config = _router_config(settings, repository)
         router = _switchyard("router", "serve", "--config", str(router_config))
@@ -206,7 +226,7 @@ def up(settings: StackSettings, say: Callable[[str], None]) -> list[ProcessRecor
                 local_config(
                     host,
                     settings.router_metrics_port,
-                    settings.triton_metrics_port,
+                    [settings.triton_ports(r)[2] for r in range(settings.triton_replicas)],
                     settings.scrape_interval_seconds,
                 ),
                 encoding="utf-8",

@@ -16,6 +16,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from router.client import Policy, RequestError, Route
 from services.contracts.cache_schema import (
     CachedPrediction,
+    batch_run_key,
     generation_key,
     generation_meta_key,
     misses_seen_key,
@@ -164,7 +165,7 @@ def test_a_killed_run_resumes_its_generation_and_readers_never_fail(
         deadline = time.monotonic() + 120
         written = 0
         while written < 100 and first.poll() is None and time.monotonic() < deadline:
-            runs = client.scan_iter("switchyard:sentiment:batch:*")
+            runs = client.scan_iter(batch_run_key("sentiment", "*"))
             unfinished = [run for run in runs if not client.hexists(run, "finished_at")]
             if unfinished:
                 generation = client.hget(unfinished[0], "generation").decode()

@@ -17,8 +17,9 @@ from typing import Any
 
 import pytest
 import yaml
+from pydantic_settings import BaseSettings
 
-from router.settings import load_settings
+from router.settings import RouterSettings, load_settings
 
 REPO = Path(__file__).resolve().parents[3]
 K8S = REPO / "k8s"
@@ -245,6 +246,65 @@ def test_workloads_read_the_redis_url_from_the_secret(overlay: str) -> None:
     assert users == 5
 
 
+# Whether the overlay's Redis is a Redis Cluster: prod's managed one is, dev's StatefulSet not.
+REDIS_CLUSTER = {"dev": False, "prod": True}
+
+
+def settings_classes() -> dict[str, type[BaseSettings]]:
+    """Each component's settings by the environment prefix it reads."""
+    from services.batch.job import BatchSettings
+    from services.pipeline.rollout import RolloutSettings
+
+    return {
+        cls.model_config["env_prefix"]: cls
+        for cls in (RouterSettings, BatchSettings, RolloutSettings)
+    }
+
+
+def redis_clients(docs: list[Doc]) -> Iterator[tuple[str, str, dict[str, Doc]]]:
+    """(where, env prefix, env by name) for every container given a SWITCHYARD_*_REDIS_URL."""
+    for workload, pod in pod_templates(docs):
+        for container in containers(pod):
+            env = {e["name"]: e for e in container.get("env", [])}
+            for name in env:
+                if name.startswith("SWITCHYARD_") and name.endswith("_REDIS_URL"):
+                    where = f"{workload['kind']}/{workload['metadata']['name']}/{container['name']}"
+                    yield where, name.removesuffix("REDIS_URL"), env
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_every_redis_client_knows_whether_redis_is_a_cluster(overlay: str) -> None:
+    """Each container given the Redis URL sets its component's cluster switch as the
+    overlay's Redis needs (prod "true"; dev absent or "false"), under a variable that its
+    settings class reads, and the pod's plain environment makes valid settings."""
+    cluster = REDIS_CLUSTER[overlay]
+    classes = settings_classes()
+    clients = list(redis_clients(render(overlay) + render(f"{overlay}/jobs")))
+    assert len(clients) == 5
+    assert {prefix for _, prefix, _ in clients} == set(classes)
+    for where, prefix, env in clients:
+        cls = classes[prefix]
+        assert {"redis_url", "redis_cluster"} <= set(cls.model_fields), cls.__name__
+        switch = env.get(f"{prefix}REDIS_CLUSTER")
+        if cluster:
+            assert switch == {"name": f"{prefix}REDIS_CLUSTER", "value": "true"}, where
+        else:
+            assert switch is None or switch.get("value") == "false", where
+        # A misspelt variable would be ignored, not refused: each must name a field.
+        plain = {n: e["value"] for n, e in env.items() if n.startswith(prefix) and "value" in e}
+        for name in plain:
+            assert name.removeprefix(prefix).lower() in cls.model_fields, f"{where}: {name}"
+        # The router's other settings come from its ConfigMap (tested above).
+        init = {"model_repository": Path("/models")} if cls is RouterSettings else {}
+        with pytest.MonkeyPatch.context() as patch:
+            for key in [k for k in os.environ if k.startswith("SWITCHYARD_")]:
+                patch.delenv(key)
+            for key, value in {**plain, f"{prefix}REDIS_URL": "rediss://redis:6379/0"}.items():
+                patch.setenv(key, value)
+            settings = cls(**init)
+        assert settings.redis_cluster is cluster, where
+
+
 # --- hardening -----------------------------------------------------------------------------
 
 
@@ -331,9 +391,14 @@ def test_service_monitors_scrape_named_metrics_ports(overlay: str) -> None:
         assert monitor["spec"]["endpoints"], monitor
         for endpoint in monitor["spec"]["endpoints"]:
             assert endpoint.get("path", "/metrics") == "/metrics"
-            for service in services:
-                names = {port.get("name") for port in service["spec"]["ports"]}
-                assert endpoint["port"] in names, (monitor["metadata"]["name"], endpoint)
+            # A selected Service without the port (Triton's headless one) adds no target;
+            # exactly one must have it, or the same pods would be scraped twice.
+            having = [
+                service["metadata"]["name"]
+                for service in services
+                if endpoint["port"] in {port.get("name") for port in service["spec"]["ports"]}
+            ]
+            assert len(having) == 1, (monitor["metadata"]["name"], endpoint, having)
 
 
 def policy_peers(rule: Doc) -> list[Doc]:
@@ -435,29 +500,94 @@ def test_secret_values_never_appear_in_config_maps(overlay: str) -> None:
     assert "redis_url" not in config
 
 
-@pytest.mark.parametrize("overlay", OVERLAYS)
-def test_router_config_map_loads_as_router_settings(overlay: str, tmp_path: Path) -> None:
-    docs = render(overlay)
+def router_settings(docs: list[Doc], folder: Path) -> RouterSettings:
+    """The router's settings as its pod loads them from the mounted ConfigMap (without the
+    environment, which only adds the Redis settings)."""
     (config_map,) = [cm for cm in of_kind(docs, "ConfigMap") if "router.yaml" in cm.get("data", {})]
     router = pod_template(find(docs, "Deployment", "switchyard-router"))
     volumes = {v["name"]: v for v in router["spec"]["volumes"]}
     assert volumes["config"]["configMap"]["name"] == config_map["metadata"]["name"]
 
-    path = tmp_path / "router.yaml"
+    path = folder / "router.yaml"
     path.write_text(config_map["data"]["router.yaml"], encoding="utf-8")
     clean = {k: v for k, v in os.environ.items() if not k.startswith("SWITCHYARD_ROUTER_")}
     with pytest.MonkeyPatch.context() as patch:
         for key in set(os.environ) - set(clean):
             patch.delenv(key)
-        settings = load_settings(path)
+        return load_settings(path)
+
+
+def dns_target(target: str) -> tuple[str, int]:
+    """Host and port of a gRPC `dns:///host:port` target (no DNS server authority)."""
+    assert target.startswith("dns:///"), f"{target} is not a dns:/// target"
+    host, _, port = target.removeprefix("dns:///").rpartition(":")
+    assert host and port.isdigit(), target
+    return host, int(port)
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_router_config_map_loads_as_router_settings(overlay: str, tmp_path: Path) -> None:
+    docs = render(overlay)
+    settings = router_settings(docs, tmp_path)
     assert settings.host == "0.0.0.0"
     assert (settings.grpc_port, settings.metrics_port) == (50051, 9464)
     assert str(settings.model_repository) == "/models/model_repository"
     # The tasks come from the model repository's cards, not from the ConfigMap.
     assert settings.tasks == {}
-    host, port = settings.triton_url.rsplit(":", 1)
-    triton = find(docs, "Service", host)
-    assert int(port) in {p["port"] for p in triton["spec"]["ports"] if p["name"] == "grpc"}
+    host, port = dns_target(settings.triton_url)
+    triton = find(docs, "Service", host.partition(".")[0])
+    assert port in {p["port"] for p in triton["spec"]["ports"] if p["name"] == "grpc"}
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_router_balances_over_every_ready_triton_pod(overlay: str, tmp_path: Path) -> None:
+    """triton_url names a headless Service of the overlay, so DNS lists every ready Triton
+    pod for the router to balance over; the router connects to the pod IPs on the target's
+    port, which the pods must serve and Triton's NetworkPolicy must admit from the router."""
+    docs = render(overlay)
+    settings = router_settings(docs, tmp_path)
+    host, port = dns_target(settings.triton_url)
+    # The short name resolves in the pod's own namespace; a longer one must be this one's.
+    name, _, domain = host.partition(".")
+    namespace = NAMESPACES[overlay]
+    assert domain in {"", f"{namespace}.svc", f"{namespace}.svc.cluster.local"}, host
+
+    service = find(docs, "Service", name)["spec"]
+    assert service.get("clusterIP") == "None", f"{name} is not headless"
+    assert service.get("publishNotReadyAddresses", False) is False, "DNS would list unready pods"
+    (grpc,) = [p for p in service["ports"] if p.get("name") == "grpc"]
+    assert grpc["port"] == port
+
+    pods = [
+        p for _, p in pod_templates(docs) if selects(service["selector"], p["metadata"]["labels"])
+    ]
+    triton = pod_template(find(docs, "Deployment", "switchyard-triton"))
+    assert pods == [triton], f"{name} must select the Triton pods, and only those"
+    # No Service in between: the pods themselves must serve the port the router dials.
+    assert container_ports(triton)[grpc["targetPort"]] == port
+
+    router = pod_template(find(docs, "Deployment", "switchyard-router"))["metadata"]["labels"]
+    admitted = [
+        policy["metadata"]["name"]
+        for policy in of_kind(docs, "NetworkPolicy")
+        if selects(selector_labels(policy["spec"]["podSelector"]), triton["metadata"]["labels"])
+        for rule in policy["spec"].get("ingress", [])
+        if any(p["port"] == port for p in rule.get("ports", []))
+        for peer in policy_peers(rule)
+        if "podSelector" in peer
+        and "namespaceSelector" not in peer
+        and selects(selector_labels(peer["podSelector"]), router)
+    ]
+    assert admitted, f"no NetworkPolicy admits the router to Triton's port {port}"
+
+    # A terminating pod keeps serving until every router has looked the name up again (its
+    # interval plus the 5 s TTL of cluster DNS), then drains within the grace period.
+    (container,) = triton["spec"]["containers"]
+    sleep, seconds = container["lifecycle"]["preStop"]["exec"]["command"]
+    assert sleep == "sleep" and int(seconds) >= settings.triton_resolve_seconds + 5
+    (drain,) = [a for a in command_line(container) if a.startswith("--exit-timeout-secs=")]
+    grace = triton["spec"]["terminationGracePeriodSeconds"]
+    assert grace >= int(seconds) + int(drain.partition("=")[2]), "Triton killed mid-drain"
 
 
 # --- the batch jobs ------------------------------------------------------------------------
@@ -619,7 +749,8 @@ def test_rollout_job_runs_a_models_subcommand_with_redis_from_the_secret(overlay
     for name, variable in env.items():
         if name.startswith("SWITCHYARD_ROLLOUT_"):
             assert name.removeprefix("SWITCHYARD_ROLLOUT_").lower() in fields, name
-            if "REDIS" in name:
+            # The URL (and any credential) comes from the Secret; the cluster switch is not one.
+            if "REDIS" in name and name != "SWITCHYARD_ROLLOUT_REDIS_CLUSTER":
                 assert "value" not in variable, f"{name} is plain config, not from the Secret"
 
     if overlay == "dev":

@@ -35,7 +35,7 @@ def promtool(*args: str) -> subprocess.CompletedProcess[str]:
 
 def test_configs_and_rules_pass_promtool(tmp_path: Path) -> None:
     local = tmp_path / "prometheus.yml"
-    local.write_text(local_config("127.0.0.1", 9464, 8002, 5))
+    local.write_text(local_config("127.0.0.1", 9464, [8002, 8012], 5))
     for config in (MONITORING / "prometheus/compose.yml", local):
         result = promtool("check", "config", "--syntax-only", str(config))
         assert result.returncode == 0, result.stdout + result.stderr

@@ -143,6 +143,8 @@ class FakeTriton(service_pb2_grpc.GRPCInferenceServiceServicer):
         self.delay_s = 0.0
         self.fail_with: grpc.StatusCode | None = None
         self.requests: list[service_pb2.ModelInferRequest] = []
+        self.server: grpc.aio.Server | None = None
+        """Set by `serving_triton`; a test may stop it, as a replica that dies."""
 
     async def ModelMetadata(  # noqa: N802 - the RPC's name
         self, request: service_pb2.ModelMetadataRequest, context: grpc.aio.ServicerContext
@@ -190,14 +192,16 @@ class FakeTriton(service_pb2_grpc.GRPCInferenceServiceServicer):
 
 
 @asynccontextmanager
-async def serving_triton(served_versions: Sequence[str]) -> AsyncIterator[tuple[FakeTriton, str]]:
-    """A FakeTriton on a free loopback port, and its address."""
+async def serving_triton(
+    served_versions: Sequence[str], host: str = "127.0.0.1", port: int = 0
+) -> AsyncIterator[tuple[FakeTriton, str]]:
+    """A FakeTriton on `host` (a free port unless given), and its address."""
     triton = FakeTriton(served_versions)
-    server = grpc.aio.server()
+    server = triton.server = grpc.aio.server()
     service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(triton, server)
-    port = server.add_insecure_port("127.0.0.1:0")
+    bound = server.add_insecure_port(f"{host}:{port}")
     await server.start()
     try:
-        yield triton, f"127.0.0.1:{port}"
+        yield triton, f"{host}:{bound}"
     finally:
         await server.stop(0)
