@@ -32,6 +32,7 @@ import tritonclient.grpc.aio as triton_aio
 
 from bench import batch_job
 from bench.load import Call, Run, closed_loop, open_loop
+from bench.scale_out import scale_out
 from router.client import AsyncRouterClient, Policy
 from router.model import StudentClient
 from services.batch.store import GenerationStore
@@ -259,11 +260,19 @@ async def _measure(options: BenchOptions, say: Callable[[str], None]) -> dict[st
                 rows.append(row)
         await floor.close()
         await teacher.close()
+
+    async def measure(name: str, call: Call[object], clients: int, pids: list[int]) -> Any:
+        return await _phase(name, call, clients, seconds, _CpuMeter(pids))
+
+    scaled = await scale_out(
+        options.task, repository, redis_url, stack["redis"].pid, cached, unseen, measure, say
+    )
+    rows += scaled["rows"]
     await raw.aclose()
     await triton.close()
     await student.close()
     await router.close()
-    return {"rows": rows, "batch": _batch_rates(options, say)}
+    return {"rows": rows, "batch": _batch_rates(options, say), "scale_out": scaled}
 
 
 def _batch_rates(options: BenchOptions, say: Callable[[str], None]) -> dict[str, Any]:
@@ -344,8 +353,11 @@ def _markdown(results: dict[str, Any]) -> str:
         )
     lines += ["", "| ratio | value | target | reached |", "|---|---|---|---|"]
     for ratio in results["ratios"]:
+        value = f"{ratio['value']:.2f}"
+        if ratio.get("premise"):
+            value = f"refused: {ratio['premise']}"
         lines.append(
-            f"| {ratio['ratio']} | {ratio['value']:.2f} | {ratio['target']} | "
+            f"| {ratio['ratio']} | {value} | {ratio['target']} | "
             f"{'yes' if ratio['reached'] else 'no'} |"
         )
     batch = results["batch"]
@@ -402,9 +414,9 @@ def run_bench(options: BenchOptions, say: Callable[[str], None]) -> dict[str, An
     started_at = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     measured = asyncio.run(_measure(options, say))
     rows = measured["rows"]
-    ratios = _ratios(rows, options.concurrencies)
+    ratios = _ratios(rows, options.concurrencies) + measured["scale_out"]["ratios"]
     for ratio in ratios:
-        ratio["reached"] = _reached(ratio["value"], ratio["target"])
+        ratio["reached"] = not ratio.get("premise") and _reached(ratio["value"], ratio["target"])
     results = {
         "started_at": started_at,
         "task": options.task,

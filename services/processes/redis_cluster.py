@@ -100,6 +100,10 @@ class RedisClusterServers:
         """Wait until every running node sees all slots served; the seconds it took."""
         return wait_healthy([node for node in self.nodes if node.running], timeout_s)
 
+    def pids(self) -> list[int]:
+        """The process ids of the running nodes."""
+        return [node.pid for node in self.nodes if node.running]
+
     def client(self, **options: Any) -> "redis.cluster.RedisCluster":
         """A cluster client; `options` are redis-py's."""
         first = self.nodes[0]

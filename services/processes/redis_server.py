@@ -94,6 +94,11 @@ class RedisServer:
     def running(self) -> bool:
         return self._process is not None
 
+    @property
+    def pid(self) -> int:
+        """The server's process id; 0 when it is not running."""
+        return 0 if self._process is None else self._process.pid
+
     def stop(self) -> None:
         if self._process is not None:
             self._process.signal(signal.SIGCONT)

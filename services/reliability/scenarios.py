@@ -31,8 +31,9 @@ from services.contracts.model_repository import MODEL_FILE, TOKENIZER_FILE, late
 from services.pipeline.rollout import LATEST, Rollouts
 from services.processes.ports import free_port
 from services.processes.redis_cluster import RedisClusterServers
-from services.reliability.testbed import RouterProcess, Testbed, publish_generation
+from services.reliability.testbed import Testbed, publish_generation
 from services.reliability.traffic import Outcome, Traffic, TrafficPlan
+from services.stack.router_process import RouterProcess
 from services.triton.server import TritonServer, TritonSettings
 
 __all__ = [
@@ -718,7 +719,8 @@ def triton_replica_loss(bed: Testbed, corpus: Corpus) -> ScenarioResult:
         )
         for _ in range(2)
     ]
-    ports = [bed.triton_settings.grpc_port, *(t.settings.grpc_port for t in extra)]
+    tritons = [bed.triton, *extra]
+    ports = [triton.settings.grpc_port for triton in tritons]
     router = RouterProcess(
         bed.directory, bed.repository, bed.redis.url, ports[0],
         **bed.router_overrides | {"triton_url": ",".join(f"127.0.0.1:{p}" for p in ports)},
@@ -731,10 +733,10 @@ def triton_replica_loss(bed: Testbed, corpus: Corpus) -> ScenarioResult:
             triton.start()
         router.start()
         plan = TrafficPlan(bed.task, corpus.uncached, clients=3, policy=Policy.MODEL_ONLY)
-        before = [_inferences(port, bed.task) for port in ports]
+        before = [triton.inference_count(bed.task) for triton in tritons]
         traffic = Traffic(router.address, plan).start()
         time.sleep(4.0)
-        spread = [_inferences(port, bed.task) - b for port, b in zip(ports, before, strict=True)]
+        spread = [t.inference_count(bed.task) - b for t, b in zip(tritons, before, strict=True)]
         shares = [n / max(sum(spread), 1) for n in spread]
         stopped_at = time.monotonic()
         extra[0].stop()
@@ -764,13 +766,6 @@ def triton_replica_loss(bed: Testbed, corpus: Corpus) -> ScenarioResult:
             "requests keep being answered after the loss": bool(after) and all(o.ok for o in after),
         },
     )
-
-
-def _inferences(port: int, model: str) -> int:
-    """Inferences the Triton on `port` ran for `model`, all versions (its own statistics)."""
-    with grpcclient.InferenceServerClient(f"127.0.0.1:{port}") as triton:
-        stats = triton.get_inference_statistics(model, as_json=True)
-    return sum(int(entry.get("inference_count", 0)) for entry in stats.get("model_stats", []))
 
 
 def malformed_cache_values(bed: Testbed, corpus: Corpus) -> ScenarioResult:

@@ -7,6 +7,7 @@ stops every backend stub, and it gets SIGTERM if the launcher dies first.
 """
 
 import importlib.util
+import json
 import os
 import re
 import secrets
@@ -189,6 +190,13 @@ class TritonServer:
                 return bool(response.status == 200)
         except (urllib.error.URLError, OSError):
             return False
+
+    def inference_count(self, model: str) -> int:
+        """Inferences this server ran for `model`, every version (Triton's own statistics)."""
+        url = f"http://{self.settings.host}:{self.settings.http_port}/v2/models/{model}/stats"
+        with urllib.request.urlopen(url, timeout=5) as response:
+            stats = json.load(response)
+        return sum(int(entry.get("inference_count", 0)) for entry in stats.get("model_stats", []))
 
     def _wait_ready(self) -> None:
         assert self._process is not None

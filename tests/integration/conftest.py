@@ -15,7 +15,7 @@ import pytest
 
 from services.processes.ports import free_port
 from services.processes.redis_server import RedisServer
-from services.reliability.testbed import RouterProcess
+from services.stack.router_process import RouterProcess
 from services.triton.server import TritonServer, TritonSettings
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -16,7 +16,8 @@ from hypothesis import strategies as st
 
 from router import contract
 from router.client import AsyncRouterClient, Policy, RequestError
-from services.reliability.testbed import RouterProcess, Testbed
+from services.reliability.testbed import Testbed
+from services.stack.router_process import RouterProcess
 from tests.integration.conftest import TASK_LIMITS
 from tests.integration.router.helpers import predict
 
