@@ -2,6 +2,8 @@
 flips heard on a cluster's pub/sub, the misses queue, malformed values; and, on one Redis,
 the pointer of the layout before the hash tags, read until the next run flips."""
 
+import asyncio
+
 from router.client import Policy, Route
 from services.contracts.cache_schema import (
     CachedPrediction,
@@ -95,3 +97,43 @@ def test_a_namespace_without_the_new_pointer_is_served_from_the_old_one(
         assert (answer.label, answer.cache_generation) == ("tech", generation)
 
     run_on_bed(bed_settings(redis_server.url), body)
+
+
+def test_generation_flips_under_load_on_a_cluster_never_mix_or_fail(
+    redis_cluster: RedisClusterServers,
+) -> None:
+    client = redis_cluster.client()
+    texts = list(CACHED)[:16]
+
+    async def body(bed: Bed) -> None:
+        label_of: dict[str, str] = {}
+        answers: list[list[tuple[str, str, Route]]] = []
+        errors: list[BaseException] = []
+        done = asyncio.Event()
+
+        async def load(offset: int) -> None:
+            while not done.is_set():
+                batch = texts[offset : offset + 4]
+                try:
+                    got = await bed.client.predict_batch("topic", batch)
+                except Exception as exc:
+                    errors.append(exc)
+                    continue
+                answers.append([(a.cache_generation, a.label, a.route) for a in got])
+
+        clients = [asyncio.create_task(load(offset)) for offset in (0, 4, 8, 12)]
+        for flip in range(8):
+            label = TOPIC_LABELS[flip % len(TOPIC_LABELS)]
+            generation = await bed.publish("topic", dict.fromkeys(texts, label), client)
+            label_of[generation] = label
+            await asyncio.sleep(0.2)
+        done.set()
+        await asyncio.gather(*clients)
+        assert errors == []
+        cached = [batch for batch in answers if all(r is Route.CACHE for _, _, r in batch)]
+        assert len(cached) > 20
+        for batch in cached:
+            (generation,) = {g for g, _, _ in batch}  # one generation per request
+            assert {label for _, label, _ in batch} == {label_of[generation]}
+
+    run_on_bed(bed_settings(redis_cluster.url, redis_cluster=True), body)
