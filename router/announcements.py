@@ -5,6 +5,7 @@ runs after every (re)subscription, so the follower can read what it may have mis
 """
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 
@@ -67,6 +68,9 @@ class Announcements:
                     if message.get("type") == "message":
                         await self._on_message(message["data"].decode())
             except Exception as exc:  # redis-py's cluster client raises more than RedisError
+                if self._pubsub is not None:
+                    with contextlib.suppress(Exception):
+                        await self._pubsub.aclose()  # its connection goes back to the pool
                 if self._closing:
                     return
                 _log.warning(

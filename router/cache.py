@@ -39,6 +39,7 @@ __all__ = ["CircuitBreaker", "PredictionCache"]
 
 _log = logging.getLogger(__name__)
 _CLOSE_WAIT_S = 5.0
+_LOG_EVERY_S = 10.0
 
 
 class CircuitBreaker:
@@ -78,6 +79,7 @@ class PredictionCache:
     ) -> None:
         self._client = client
         self._cluster = isinstance(client, redis.RedisCluster)
+        self._library_error_logged_at = float("-inf")
         self._namespaces = list(namespaces)
         self._timeout_s = timeout_s
         self._breaker = breaker
@@ -144,7 +146,9 @@ class PredictionCache:
             # redis-py's cluster client can fail with other errors while it learns the slots
             # anew after a failover (seen: AttributeError); still Redis failing, never ours.
             self._breaker.record(ok=False)
-            _log.warning("redis %s failed inside redis-py: %r", operation, exc)
+            if time.monotonic() - self._library_error_logged_at > _LOG_EVERY_S:
+                self._library_error_logged_at = time.monotonic()
+                _log.warning("redis %s failed inside redis-py: %r", operation, exc)
             raise DependencyUnavailable(f"redis {operation} failed: {type(exc).__name__}") from exc
         self._breaker.record(ok=True)
         return result

@@ -78,7 +78,8 @@ class StudentClient:
         buckets: list[int],
         ready_timeout_s: float = 60.0,
     ) -> None:
-        self.replicas = TritonReplicas(url, _CHANNEL_ARGS)
+        # A replica that leaves is closed after the longest call it may still hold.
+        self.replicas = TritonReplicas(url, _CHANNEL_ARGS, drain_s=timeout_s + 5.0)
         self._repository = repository
         self._timeout_s = timeout_s
         self._buckets = sorted(buckets)
@@ -151,7 +152,8 @@ class StudentClient:
             if stable is None and rollout.stable and current.stable.version in ready:
                 stable = current.stable
             if stable is None:
-                stable = await usable.newest() or current.stable
+                # Never the candidate: a canary's stable version must not become it.
+                stable = await usable.newest(exclude=rollout.candidate) or current.stable
             candidate = None
             if rollout.candidate and rollout.candidate != stable.version:
                 candidate = await usable.pinned(rollout.candidate)
@@ -165,6 +167,9 @@ class StudentClient:
                 if self._problems.get(name, {}).get(version) != problem:
                     changes.append(VersionChange(name, version, problem, problem=True))
             self._problems[name] = found
+            for key in [k for k in self._unready_since if k[0] == name]:
+                if key[1] not in usable.examined:
+                    del self._unready_since[key]  # no longer wanted: its wait starts anew
             if serving.versions != current.versions:
                 self._serving[name] = serving
                 changes.append(VersionChange(name, stable.version, _describe(serving, current)))
@@ -248,6 +253,8 @@ class _Usable:
         self._ready = ready
         self._current = current
         self._problems = problems
+        self.examined: set[str] = set()
+        """The versions this pass looked at."""
 
     async def pinned(self, version: str) -> ServedModel | None:
         if version not in self._versions:
@@ -255,13 +262,15 @@ class _Usable:
             return None
         return await self._load(version, waited=True)
 
-    async def newest(self) -> ServedModel | None:
-        """The newest usable version no older than the current stable one; an older one
-        only once Triton no longer serves the current one."""
+    async def newest(self, exclude: str = "") -> ServedModel | None:
+        """The newest usable version (other than `exclude`) no older than the current stable
+        one; an older one only once Triton no longer serves the current one."""
         current = self._current.stable.version
         for version in reversed(self._versions):
             if int(version) < int(current) and current in self._ready:
                 break
+            if version == exclude:
+                continue
             model = await self._load(version, waited=version != self._current.stable.version)
             if model is not None:
                 return model
@@ -271,6 +280,7 @@ class _Usable:
         """The version's files, once Triton reports it READY; `waited`: a version that stays
         not ready past the client's ready timeout is a problem."""
         client, key = self._client, (self._name, version)
+        self.examined.add(version)
         folder = client._repository / self._name / version
         broken = client._broken.get(key)
         if broken is not None:

@@ -37,6 +37,7 @@ __all__ = ["TritonReplicas"]
 
 _log = logging.getLogger(__name__)
 _UNAVAILABLE = str(grpc.StatusCode.UNAVAILABLE)
+_DEADLINE_EXCEEDED = str(grpc.StatusCode.DEADLINE_EXCEEDED)
 # What a call gets from a replica that is going away: it never answered, so another may.
 # (A cancellation of the router's own shows as asyncio's CancelledError, never as these.)
 _RETRYABLE = {_UNAVAILABLE, str(grpc.StatusCode.CANCELLED)}
@@ -55,8 +56,11 @@ class _Replica:
 
 
 class TritonReplicas:
-    def __init__(self, target: str, channel_args: Sequence[tuple[str, Any]]) -> None:
+    def __init__(
+        self, target: str, channel_args: Sequence[tuple[str, Any]], drain_s: float = 10.0
+    ) -> None:
         self._target = target
+        self._drain_s = drain_s
         self._channel_args = list(channel_args)
         self._replicas: list[_Replica] = []
         self._turn = itertools.count()
@@ -67,7 +71,10 @@ class TritonReplicas:
         if target.startswith("dns:"):
             self._name, self._port, self._resolver = _dns_target(target)
         else:
-            self._use([address.strip() for address in target.split(",") if address.strip()])
+            addresses = [address.strip() for address in target.split(",") if address.strip()]
+            if not addresses:
+                raise ValueError(f"triton_url {target!r} names no Triton")
+            self._use(addresses)
 
     @property
     def addresses(self) -> list[str]:
@@ -102,8 +109,9 @@ class TritonReplicas:
             for address in addresses
         ]
         for gone in filter(None, known.values()):
-            # Its calls in flight finish first; a new call no longer picks it.
-            job = asyncio.create_task(_close_later(gone.client))
+            # A new call no longer picks it; closed once its calls in flight are over (closing
+            # the channel would cancel them).
+            job = asyncio.create_task(_close_later(gone.client, self._drain_s))
             self._retired.add(job)
             job.add_done_callback(self._retired.discard)
 
@@ -136,7 +144,9 @@ class TritonReplicas:
         for replica in self._in_turn(model, version):
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                break
+                raise InferenceServerException(
+                    "the budget ran out while replicas failed", status=_DEADLINE_EXCEEDED
+                )
             try:
                 result: InferResult = await replica.client.infer(
                     model, inputs, model_version=version, client_timeout=remaining
@@ -162,7 +172,11 @@ class TritonReplicas:
             ready = bool(
                 await asyncio.wait_for(replica.client.is_model_ready(model, version), _CHECK_S)
             )
-        except (InferenceServerException, TimeoutError, OSError):
+        except TimeoutError:
+            # A replica too busy to answer in time is no news: one slow check must not move
+            # a pinned version or end a canary.
+            return version in replica.ready.get(model, set())
+        except (InferenceServerException, OSError):
             ready = False
         if version:
             versions = replica.ready.setdefault(model, set())
@@ -178,7 +192,7 @@ class TritonReplicas:
         for replica in self._in_turn(model, ""):
             try:
                 metadata: dict[str, Any] = await replica.client.get_model_metadata(
-                    model, as_json=True
+                    model, as_json=True, client_timeout=_CHECK_S
                 )
                 return metadata
             except InferenceServerException as exc:
@@ -186,14 +200,16 @@ class TritonReplicas:
         raise failure or InferenceServerException("no Triton replica to ask", status=_UNAVAILABLE)
 
     async def close(self) -> None:
-        for job in list(self._retired):
+        retired = list(self._retired)
+        for job in retired:
             job.cancel()
+        await asyncio.gather(*retired, return_exceptions=True)
         for replica in self._replicas:
             await replica.client.close()
         self._replicas = []
 
 
-async def _close_later(client: triton_aio.InferenceServerClient, after_s: float = 10.0) -> None:
+async def _close_later(client: triton_aio.InferenceServerClient, after_s: float) -> None:
     try:
         await asyncio.sleep(after_s)
     finally:

@@ -102,9 +102,12 @@ class RolloutRecords:
             try:
                 records[model] = Rollout() if value is None else Rollout.from_json(value)
             except ValueError as exc:
-                if self._records.get(model) != Rollout():
-                    _log.warning("the rollout record of %s is malformed (%s); ignored", model, exc)
-                records[model] = Rollout()
+                # The last good record stands: a canary must not end by a half-written value.
+                last = self._records.get(model, Rollout())
+                _log.warning(
+                    "the rollout record of %s is malformed (%s); keeping %s", model, exc, last
+                )
+                records[model] = last
         self._records = records
         return records
 

@@ -244,6 +244,7 @@ class Router:
             raise from_stable
         candidate_model, candidate_answers = from_candidate
         stable_answers = from_stable
+        self._shadow(task, serving, stable_texts, stable_answers)
         by_candidate = iter(candidate_answers)
         by_stable = iter(stable_answers)
         return [

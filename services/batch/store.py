@@ -18,7 +18,7 @@ from typing import Any, cast
 
 import redis
 import redis.cluster
-from redis.exceptions import RedisError
+from redis.exceptions import RedisClusterException, RedisError
 
 from services.batch.errors import BatchError
 from services.batch.inputs import TextSet
@@ -121,11 +121,12 @@ def connect(settings: RedisSettings, timeout_s: float, cluster: bool = False) ->
         )
     except ValueError as exc:
         raise BatchError(f"invalid Redis URL: {exc}") from None
-    except (RedisError, OSError) as exc:  # a cluster client asks for the slots at once
+    except (RedisError, RedisClusterException, OSError) as exc:
+        # A cluster client asks a node for the slots at once.
         raise BatchError(f"cannot reach the Redis Cluster: {exc}") from None
     try:
         client.ping()
-    except (RedisError, OSError) as exc:
+    except (RedisError, RedisClusterException, OSError) as exc:
         if cluster:
             raise BatchError(f"cannot reach the Redis Cluster: {exc}") from None
         kwargs = client.connection_pool.connection_kwargs

@@ -18,9 +18,9 @@ The text hash is taken over the normalised text, so case and whitespace variants
 Migration from the layout before the hash tags (`switchyard:<namespace>:generation`, with the
 same prediction keys): a router reads the old pointer of a namespace that has no new one yet
 (`legacy_generation_key`, single Redis only), so it keeps answering from the old generation
-until the next batch run writes the new layout and flips. Misses queued under the old stream
-key are not read by new batch runs: run the batch job with `--include-misses` before the
-upgrade to drain them.
+(its age unknown) until the next batch run writes the new layout and flips. Misses queued
+under the old stream key are not read by new batch runs: run the batch job with
+`--include-misses` before the upgrade to drain them.
 """
 
 import hashlib

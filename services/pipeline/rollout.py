@@ -12,6 +12,7 @@ Triton keeps the newest two versions of each model loaded (`SERVED_VERSIONS`), w
 a canary needs and what makes a rollback instant.
 """
 
+import contextlib
 import time
 from collections.abc import Callable
 from dataclasses import replace
@@ -21,7 +22,7 @@ from typing import Any
 import redis
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
-from redis.exceptions import RedisError
+from redis.exceptions import RedisClusterException, RedisError
 
 from services.contracts.model_repository import model_names, version_dirs
 from services.contracts.redis_connection import RedisSettings, sync_client
@@ -63,7 +64,8 @@ class Rollouts:
                 socket_timeout=settings.redis_timeout_seconds,
                 socket_connect_timeout=settings.redis_timeout_seconds,
             )
-        except (RedisError, OSError) as exc:  # a cluster client asks for the slots at once
+        except (RedisError, RedisClusterException, OSError) as exc:
+            # A cluster client asks a node for the slots at once.
             raise RolloutError(f"cannot reach the Redis Cluster: {exc}") from None
         except ValueError as exc:
             raise RolloutError(f"invalid Redis URL: {exc}") from None
@@ -161,13 +163,15 @@ class Rollouts:
             changed[:] = [new]
 
         self._call(lambda: self._client.transaction(transaction, key))
-        self._call(lambda: self._client.publish(ROLLOUTS_CHANNEL, model))
+        # The change is made: routers that miss the announcement read it at their next poll.
+        with contextlib.suppress(RedisError, RedisClusterException, OSError):
+            self._client.publish(ROLLOUTS_CHANNEL, model)
         return changed[0]
 
     def _call(self, call: Callable[[], Any]) -> Any:
         try:
             return call()
-        except RedisError as exc:
+        except (RedisError, RedisClusterException) as exc:
             raise RolloutError(f"Redis failed: {type(exc).__name__}: {exc}") from None
 
     def _versions(self, model: str) -> list[str] | None:

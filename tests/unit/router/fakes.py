@@ -133,14 +133,15 @@ def fake_logits(input_ids: np.ndarray, labels: int) -> np.ndarray:
 
 class FakeTriton(service_pb2_grpc.GRPCInferenceServiceServicer):
     """Triton's gRPC protocol for the calls the router makes: model metadata and readiness,
-    and inference returning `fake_logits`. `delay_s` stalls each inference; `fail_with`
-    makes it fail with that status code."""
+    and inference returning `fake_logits`. `delay_s` stalls each inference and
+    `ready_delay_s` each readiness check; `fail_with` makes inferences fail with that code."""
 
     def __init__(self, served_versions: Sequence[str]) -> None:
         self.served_versions = list(served_versions)
         self.labels = dict(LABELS)
         """The models it serves, with their labels; a test may add one."""
         self.delay_s = 0.0
+        self.ready_delay_s = 0.0
         self.fail_with: grpc.StatusCode | None = None
         self.requests: list[service_pb2.ModelInferRequest] = []
         self.server: grpc.aio.Server | None = None
@@ -158,6 +159,7 @@ class FakeTriton(service_pb2_grpc.GRPCInferenceServiceServicer):
     async def ModelReady(  # noqa: N802 - the RPC's name
         self, request: service_pb2.ModelReadyRequest, context: grpc.aio.ServicerContext
     ) -> service_pb2.ModelReadyResponse:
+        await asyncio.sleep(self.ready_delay_s)
         served = not request.version or request.version in self.served_versions
         return service_pb2.ModelReadyResponse(ready=request.name in self.labels and served)
 

@@ -258,3 +258,30 @@ def test_a_start_during_a_bad_rollout_serves_the_newest_version_that_loads(
                 await student.close()
 
     run_async(main)
+
+
+def test_a_readiness_check_that_times_out_moves_no_pin_and_ends_no_canary(
+    tmp_path: Path,
+) -> None:
+    repository = write_model_repository(tmp_path / "repository", versions=("1", "3"))
+
+    async def main() -> None:
+        async with serving_triton(["1", "3"]) as (triton, address):
+            student = StudentClient(address, repository, 2.0, [16], ready_timeout_s=60.0)
+            try:
+                await student.load(["topic"])
+                canary = Rollout(stable="1", candidate="3", weight=0.1)
+                await student.follow_versions({"topic": canary})
+                assert student.serving("topic").versions == ("1", "3", 0.1, 0.0)
+                triton.ready_delay_s = 3.0  # slower than the 2 s a check may take
+                assert await student.follow_versions({"topic": canary}) == []
+                assert student.serving("topic").versions == ("1", "3", 0.1, 0.0)
+            finally:
+                await student.close()
+
+    run_async(main)
+
+
+def test_a_triton_url_that_names_no_triton_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="names no Triton"):
+        StudentClient(" , ", tmp_path, 1.0, [16])

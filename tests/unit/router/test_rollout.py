@@ -3,13 +3,17 @@ version that computed them, a failing candidate handing its texts to the stable 
 bounded shadow calls and their agreement metric, and what ListTasks reports."""
 
 import asyncio
+import uuid
 from collections import Counter
 
 import pytest
+import redis.asyncio
 
 from router.client import Policy
-from services.contracts.rollout_schema import Rollout, canary_share
+from router.rollout import RolloutRecords
+from services.contracts.rollout_schema import Rollout, canary_share, rollout_key
 from services.processes.redis_server import RedisServer
+from tests.unit.aio import run
 from tests.unit.router.conftest import Bed, bed_settings, run_on_bed, until
 from tests.unit.router.fakes import FakeStudent
 
@@ -147,3 +151,25 @@ def test_a_rollout_record_round_trips_and_a_foreign_one_is_refused() -> None:
     for value in (b"{not json", b"[1]", b'{"weight": "lots", "candidate": "3"}'):
         with pytest.raises(ValueError):
             Rollout.from_json(value)
+
+
+def test_a_malformed_record_keeps_the_last_good_one(redis_server: RedisServer) -> None:
+    model = f"records-{uuid.uuid4().hex[:8]}"
+    client = redis_server.client()
+
+    async def main() -> None:
+        records = RolloutRecords(
+            redis.asyncio.Redis.from_url(redis_server.url), 1.0, asyncio.Event()
+        )
+        try:
+            canary = Rollout(stable="1", candidate="3", weight=0.2)
+            client.set(rollout_key(model), canary.to_json())
+            assert await records.read([model]) == {model: canary}
+            client.set(rollout_key(model), b"{half a rec")
+            assert await records.read([model]) == {model: canary}
+            client.delete(rollout_key(model))
+            assert await records.read([model]) == {model: Rollout()}
+        finally:
+            await records.close()
+
+    run(main)
