@@ -78,7 +78,6 @@ class PredictionCache:
         poll_s: float,
     ) -> None:
         self._client = client
-        self._cluster = isinstance(client, redis.RedisCluster)
         self._library_error_logged_at = float("-inf")
         self._namespaces = list(namespaces)
         self._timeout_s = timeout_s
@@ -167,7 +166,7 @@ class PredictionCache:
         if not namespaces:
             return
         values = await self._get_all("MGET generation", [generation_key(n) for n in namespaces])
-        if not self._cluster and None in values:
+        if not isinstance(self._client, redis.RedisCluster) and None in values:
             # A namespace no batch run has flipped since the layout got its hash tags.
             legacy = await self._get_all(
                 "MGET legacy generation", [legacy_generation_key(n) for n in namespaces]

@@ -59,7 +59,6 @@ class TritonReplicas:
     def __init__(
         self, target: str, channel_args: Sequence[tuple[str, Any]], drain_s: float = 10.0
     ) -> None:
-        self._target = target
         self._drain_s = drain_s
         self._channel_args = list(channel_args)
         self._replicas: list[_Replica] = []

@@ -34,14 +34,19 @@ _SERVING = health_pb2.HealthCheckResponse.SERVING
 _NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
 
-def prediction_cache(settings: RouterSettings, tasks: dict[str, TaskSettings]) -> PredictionCache:
-    """The cache route of these tasks as the settings describe it (not started)."""
+def _redis_client(settings: RouterSettings) -> "redis.Redis":
+    """A client of the router's Redis (a cluster client when `redis_cluster`)."""
     connect_timeout = max(settings.redis_timeout_ms / 1000, 0.5)
     client: redis.Redis = async_client(
         settings, cluster=settings.redis_cluster, socket_connect_timeout=connect_timeout
     )
+    return client
+
+
+def prediction_cache(settings: RouterSettings, tasks: dict[str, TaskSettings]) -> PredictionCache:
+    """The cache route of these tasks as the settings describe it (not started)."""
     return PredictionCache(
-        client,
+        _redis_client(settings),
         sorted({task.cache_namespace for task in tasks.values()}),
         timeout_s=settings.redis_timeout_ms / 1000,
         breaker=CircuitBreaker(settings.breaker_failures, settings.breaker_reset_seconds),
@@ -63,10 +68,7 @@ def student_client(settings: RouterSettings) -> StudentClient:
 
 def rollout_records(settings: RouterSettings, changed: asyncio.Event) -> RolloutRecords:
     """The rollout records in Redis, followed for the version poll (not started)."""
-    connect_timeout = max(settings.redis_timeout_ms / 1000, 0.5)
-    client: redis.Redis = async_client(
-        settings, cluster=settings.redis_cluster, socket_connect_timeout=connect_timeout
-    )
+    client = _redis_client(settings)
     # Off the request path: a slow Redis may take longer than a cache read is allowed.
     return RolloutRecords(
         client, timeout_s=max(settings.redis_timeout_ms / 1000, 1.0), changed=changed

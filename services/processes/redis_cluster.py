@@ -96,10 +96,6 @@ class RedisClusterServers:
             self.stop()
             raise
 
-    def wait_healthy(self, timeout_s: float) -> float:
-        """Wait until every running node sees all slots served; the seconds it took."""
-        return wait_healthy([node for node in self.nodes if node.running], timeout_s)
-
     def pids(self) -> list[int]:
         """The process ids of the running nodes."""
         return [node.pid for node in self.nodes if node.running]

@@ -12,12 +12,12 @@ from router.client import RequestError, RouterClient, TlsConfig
 from services.processes.ports import free_port
 from services.processes.supervisor import ChildProcess, StartFailed
 
-__all__ = ["RouterProcess"]
+__all__ = ["RouterProcess", "answers"]
 
 _SWITCHYARD = [sys.executable, "-m", "services.cli"]
 
 
-def _answers(probe: RouterClient, serving: bool) -> bool:
+def answers(probe: RouterClient, serving: bool = True) -> bool:
     """Whether health says SERVING (or, unless `serving`, answers at all)."""
     try:
         return probe.health() == "SERVING" or not serving
@@ -82,7 +82,7 @@ class RouterProcess:
         )
         try:
             with self.client(timeout_s=1.0) as probe:
-                self.process.wait_ready(lambda: _answers(probe, serving), timeout_s)
+                self.process.wait_ready(lambda: answers(probe, serving), timeout_s)
         except StartFailed as exc:
             self.stop()
             raise RuntimeError(f"{exc}:\n{self.log_text()[-3000:]}") from None

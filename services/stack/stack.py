@@ -19,7 +19,7 @@ import yaml
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from router.client import RequestError, RouterClient
+from router.client import RouterClient
 from services.contracts.build_layout import BuildLayout
 from services.contracts.model_repository import CONFIG_FILE
 from services.processes.redis_cluster import cluster_nodes, join_cluster
@@ -29,6 +29,7 @@ from services.stack.errors import StackError
 from services.stack.health import http_ok
 from services.stack.processes import StateFile
 from services.stack.prometheus import local_config
+from services.stack.router_process import answers
 from services.stack.samples import sample_queries
 
 __all__ = ["StackError", "StackSettings", "down", "up"]
@@ -167,13 +168,6 @@ def _router_config(settings: StackSettings, repository: Path) -> Path:
     return path
 
 
-def _serving(probe: RouterClient) -> bool:
-    try:
-        return probe.health() == "SERVING"
-    except RequestError:
-        return False
-
-
 def up(settings: StackSettings, say: Callable[[str], None]) -> list[ProcessRecord]:
     """Start the stack; returns its processes. StackError (nothing left running) on failure."""
     state = StateFile(settings.state_dir)
@@ -217,7 +211,7 @@ def up(settings: StackSettings, say: Callable[[str], None]) -> list[ProcessRecor
         router_config = _router_config(settings, repository)
         router = _switchyard("router", "serve", "--config", str(router_config))
         with RouterClient(router_address, timeout_s=2.0, retries=0) as probe:
-            start("router", router, router_address, lambda: _serving(probe))
+            start("router", router, router_address, lambda: answers(probe))
         for task in tasks:
             fill_cache(settings, task, redis_url, say)
         if prometheus is not None:
