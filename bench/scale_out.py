@@ -17,7 +17,6 @@ import redis
 from bench.load import Call
 from router.client import AsyncRouterClient, Policy, Prediction, Route
 from services.contracts.cache_schema import generation_key, prediction_key
-from services.processes.ports import free_port
 from services.processes.redis_cluster import RedisClusterServers
 from services.stack.router_process import RouterProcess
 from services.triton.server import TritonServer, TritonSettings
@@ -63,17 +62,7 @@ async def scale_out(
     with tempfile.TemporaryDirectory(prefix="switchyard-bench-scale-") as scratch:
         folder = Path(scratch)
         cluster = RedisClusterServers(folder / "cluster")
-        tritons = [
-            TritonServer(
-                TritonSettings(
-                    repository=repository,
-                    grpc_port=free_port(),
-                    http_port=free_port(),
-                    metrics_port=free_port(),
-                )
-            )
-            for _ in range(2)
-        ]
+        tritons = [TritonServer(TritonSettings.on_free_ports(repository)) for _ in range(2)]
         ports = [triton.settings.grpc_port for triton in tritons]
         routers: dict[str, RouterProcess] = {}
         try:

@@ -26,7 +26,6 @@ from rich.table import Table
 
 from services.contracts.model_repository import latest_version, model_names
 from services.pipeline.onnx_classifier import OnnxTextClassifier
-from services.processes.ports import free_port
 from services.triton.server import TritonServer, TritonSettings
 
 # Query-like texts of a few lengths, so both paths see the same realistic token counts.
@@ -127,12 +126,7 @@ def main(
     files = latest_version(repository, task)
     local = OnnxTextClassifier.of_version(files, threads=threads)
     inputs = [local.encode([text]) for text in SAMPLE_TEXTS]
-    settings = TritonSettings(
-        repository=repository,
-        grpc_port=free_port(),
-        http_port=free_port(),
-        metrics_port=free_port(),
-    )
+    settings = TritonSettings.on_free_ports(repository)
     server = TritonServer(settings)
     server.start()
     try:

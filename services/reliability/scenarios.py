@@ -29,7 +29,6 @@ from router.client import Policy, RequestError
 from services.contracts.cache_schema import generation_key, prediction_key
 from services.contracts.model_repository import MODEL_FILE, TOKENIZER_FILE, latest_version
 from services.pipeline.rollout import LATEST, Rollouts
-from services.processes.ports import free_port
 from services.processes.redis_cluster import RedisClusterServers
 from services.reliability.testbed import Testbed, publish_generation
 from services.reliability.traffic import Outcome, Traffic, TrafficPlan
@@ -708,17 +707,7 @@ def redis_failover(bed: Testbed, corpus: Corpus) -> ScenarioResult:
 def triton_replica_loss(bed: Testbed, corpus: Corpus) -> ScenarioResult:
     """Model-route load over three Triton replicas, one of which is then stopped: the calls
     spread over all three, and losing one fails no request."""
-    extra = [
-        TritonServer(
-            TritonSettings(
-                repository=bed.repository,
-                grpc_port=free_port(),
-                http_port=free_port(),
-                metrics_port=free_port(),
-            )
-        )
-        for _ in range(2)
-    ]
+    extra = [TritonServer(TritonSettings.on_free_ports(bed.repository)) for _ in range(2)]
     tritons = [bed.triton, *extra]
     ports = [triton.settings.grpc_port for triton in tritons]
     router = RouterProcess(

@@ -23,7 +23,6 @@ from services.contracts.cache_schema import (
     prediction_key,
 )
 from services.contracts.model_repository import model_names
-from services.processes.ports import free_port
 from services.processes.redis_server import RedisServer
 from services.reliability.proxy import StallingProxy
 from services.stack.router_process import RouterProcess
@@ -78,12 +77,7 @@ class Testbed:
         self.task = models[0]
         """The task the scenarios exercise: the repository's first model."""
         self.redis = RedisServer(directory, persistent=True)
-        self.triton_settings = TritonSettings(
-            repository=repository,
-            grpc_port=free_port(),
-            http_port=free_port(),
-            metrics_port=free_port(),
-        )
+        self.triton_settings = TritonSettings.on_free_ports(repository)
         self.triton = TritonServer(self.triton_settings)
         # The launcher's watch: new and removed versions reach Triton (`TritonServer.serve`,
         # which would end when a scenario stops Triton on purpose).

@@ -20,10 +20,12 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from services.processes.ports import free_port
 from services.processes.supervisor import ChildProcess, ProcessExited, StartFailed
 from services.triton.runtime_repository import RuntimeRepository, SyncReport
 
@@ -53,6 +55,17 @@ class TritonSettings(BaseSettings):
     )
     ready_timeout: float = Field(60.0, gt=0)
     stop_timeout: float = Field(4.0, gt=0)
+
+    @classmethod
+    def on_free_ports(cls, repository: Path, **overrides: Any) -> "TritonSettings":
+        """Settings for a Triton on free loopback ports (tests, benchmarks, scenarios)."""
+        return cls(
+            repository=repository,
+            grpc_port=free_port(),
+            http_port=free_port(),
+            metrics_port=free_port(),
+            **overrides,
+        )
 
 
 class TritonError(RuntimeError):

@@ -13,7 +13,6 @@ from typing import Any
 
 import pytest
 
-from services.processes.ports import free_port
 from services.processes.redis_server import RedisServer
 from services.stack.router_process import RouterProcess
 from services.triton.server import TritonServer, TritonSettings
@@ -108,13 +107,7 @@ def tiny_build(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def triton_settings(repository: Path, **overrides: Any) -> TritonSettings:
     """Settings for a Triton on free loopback ports."""
-    return TritonSettings(
-        repository=repository,
-        grpc_port=free_port(),
-        http_port=free_port(),
-        metrics_port=free_port(),
-        **overrides,
-    )
+    return TritonSettings.on_free_ports(repository, **overrides)
 
 
 @pytest.fixture(scope="session")

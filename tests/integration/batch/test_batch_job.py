@@ -29,13 +29,13 @@ from services.pipeline.datasets import load_task
 from services.pipeline.task_file import load_task_file, shipped_task_file
 from services.pipeline.teacher import load_classifier
 from services.pipeline.training import predict_logits
+from services.processes.ports import free_port
 from services.processes.redis_cluster import RedisClusterServers
 from services.triton.server import TritonServer
 from tests.integration.conftest import (
     SWITCHYARD,
     RedisServer,
     RouterProcess,
-    free_port,
     run_switchyard,
 )
 from tests.integration.router.helpers import client as client_of

@@ -16,8 +16,9 @@ import pytest
 import tritonclient.grpc as grpcclient
 
 from services.pipeline.onnx_classifier import OnnxTextClassifier
+from services.processes.ports import free_port
 from services.triton.server import TritonError, TritonServer
-from tests.integration.conftest import free_port, triton_settings
+from tests.integration.conftest import triton_settings
 
 
 def _wait_until(condition: Callable[[], bool], seconds: float = 20.0) -> bool:
