@@ -4,6 +4,7 @@ All error mapping and per-RPC metrics happen in `_observed`, the one wrapper eve
 goes through.
 """
 
+import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -143,32 +144,40 @@ class RouterServicer:
         context: grpc.aio.ServicerContext,
         answer: Callable[[Request, float], Awaitable[tuple[Reply, str]]],
     ) -> Reply:
-        """Run one RPC: parse, map domain errors to status codes, record metrics in every case."""
+        """Run one RPC: parse, map domain errors to status codes, record metrics in every case.
+
+        Metrics are recorded before the status is sent, so a client that has its answer
+        also finds it counted.
+        """
         started = time.perf_counter()
-        task_label, route, code = "unknown", "none", grpc.StatusCode.OK
+        task_label, route = "unknown", "none"
         try:
             request = _parse(message_type, raw)
             task: str = getattr(request, "task", "")
             # Only configured task names become label values; anything else is "unknown".
             task_label = task if self._router.serves(task) or not task else "unknown"
             reply, route = await answer(request, started)
-            return reply
         except RouterError as exc:
-            code = status_of(exc)
-            await context.abort(code, str(exc))
-        except grpc.aio.AbortError:
+            code, message = status_of(exc), str(exc)
+        except asyncio.CancelledError:
+            self._record(method, task_label, route, grpc.StatusCode.CANCELLED, started)
             raise
         except Exception as exc:
-            code = grpc.StatusCode.INTERNAL
+            code, message = grpc.StatusCode.INTERNAL, "internal error; the server log has details"
             # One line per error, and never the request's text.
             _log.error("%s failed for task %s: %s", method, task_label, type(exc).__name__)
-            await context.abort(code, "internal error; the server log has details")
-        finally:
-            self._metrics.requests.labels(method, task_label, route, code.name).inc()
-            self._metrics.latency.labels(method, task_label, route).observe(
-                time.perf_counter() - started
-            )
+        else:
+            self._record(method, task_label, route, grpc.StatusCode.OK, started)
+            return reply
+        self._record(method, task_label, route, code, started)
+        await context.abort(code, message)
         raise AssertionError("unreachable: context.abort raises")
+
+    def _record(
+        self, method: str, task: str, route: str, code: grpc.StatusCode, started: float
+    ) -> None:
+        self._metrics.requests.labels(method, task, route, code.name).inc()
+        self._metrics.latency.labels(method, task, route).observe(time.perf_counter() - started)
 
 
 def add_router_to_server(servicer: RouterServicer, server: grpc.aio.Server) -> None:
