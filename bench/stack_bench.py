@@ -203,7 +203,10 @@ async def _measure(options: BenchOptions, say: Callable[[str], None]) -> dict[st
     async def raw_get(i: int) -> object:
         return await raw.get(f"bench:floor:{cached[i % len(cached)]}")
 
-    onnx = OnnxTextClassifier.of_version(ModelVersion.of(repository, options.task, served.version))
+    # On CPU, as Triton's KIND_CPU student is: the baseline must run on the same device.
+    onnx = OnnxTextClassifier.of_version(
+        ModelVersion.of(repository, options.task, served.version), provider="cpu"
+    )
 
     async def onnx_in_process(i: int) -> object:
         return onnx.logits([unseen[i % len(unseen)]])

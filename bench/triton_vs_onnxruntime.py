@@ -124,7 +124,8 @@ def main(
             raise SystemExit(f"no model in {repository}")
         task = models[0]
     files = latest_version(repository, task)
-    local = OnnxTextClassifier.of_version(files, threads=threads)
+    # On CPU, as Triton's KIND_CPU student is: both sides must run on the same device.
+    local = OnnxTextClassifier.of_version(files, threads=threads, provider="cpu")
     inputs = [local.encode([text]) for text in SAMPLE_TEXTS]
     settings = TritonSettings.on_free_ports(repository)
     server = TritonServer(settings)

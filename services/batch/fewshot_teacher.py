@@ -98,15 +98,17 @@ class FewShotTeacher:
             "max_chars": str(self.settings.max_chars),
         }
 
-    def labeller(self, batch_size: int) -> "FewShotLabeller":
-        return FewShotLabeller(self)
+    def labeller(self, batch_size: int, threads: int | None = None) -> "FewShotLabeller":
+        """The LLM scores one prompt at a time, so `batch_size` does not apply; `threads`
+        overrides the prompt settings' threads."""
+        return FewShotLabeller(self, threads)
 
 
 class FewShotLabeller:
-    def __init__(self, teacher: FewShotTeacher) -> None:
+    def __init__(self, teacher: FewShotTeacher, threads: int | None = None) -> None:
         self._teacher = teacher
         settings = teacher.settings
-        llm = PromptedLLM.load(settings.cache_dir, settings.threads)
+        llm = PromptedLLM.load(settings.cache_dir, settings.threads if threads is None else threads)
         self._classifier = FewShotClassifier(
             llm, load_template(llm, teacher.prompt, teacher.labels, "plain")
         )

@@ -1,4 +1,10 @@
-"""`switchyard batch run`, top to bottom: read, deduplicate, shard, label, write, verify, flip.
+"""`switchyard batch run`, top to bottom: list, read, claim, label, write, verify, flip.
+
+Two engines do the reading and labelling. The in-process engine (the default) reads this
+shard's share of the input (`--shard i/n`: its byte range of the input files) and labels it
+here; the Ray engine reads, deduplicates and labels with Ray Data on a Ray cluster
+(`services.batch.ray_engine`). Everything else is this module's, the same for both: the run's
+fingerprint, the claim of its generation, the misses, the verification and the flip.
 
 Nothing touches Redis before every input is read and the teacher is found, so a bad file or an
 unknown task leaves the current generation as it was. The router only ever follows the
@@ -10,77 +16,23 @@ import hashlib
 import json
 import re
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
+from typing import Protocol
 
-from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
 from redis.exceptions import RedisError
 from tqdm import tqdm
 
 from services.batch.errors import BatchError
-from services.batch.inputs import InputFormat, TextSet, format_of, read_file
+from services.batch.input_plan import file_fingerprints, list_inputs, shard_pieces
+from services.batch.inputs import InputFile, TextSet, read_piece
+from services.batch.labelling import LabelCounts, label_and_write
 from services.batch.labels import LabelSource
+from services.batch.settings import BatchOptions, BatchSettings, Shard, label_source
 from services.batch.store import FlipOutcome, GenerationStore, connect
-from services.batch.teacher import TeacherInfo
-from services.contracts.cache_schema import NAMESPACE_PATTERN, CachedPrediction
-from services.contracts.redis_connection import RedisSettings
+from services.contracts.cache_schema import NAMESPACE_PATTERN
 
-__all__ = ["BatchOptions", "BatchSettings", "BatchSummary", "Shard", "run_batch"]
-
-_EIGHT_DAYS = 8 * 24 * 3600
-
-
-class BatchSettings(RedisSettings, BaseSettings):
-    """Deployment settings; the environment (SWITCHYARD_BATCH_REDIS_URL, ...) sets them. The
-    Redis connection (URL, credentials, TLS) comes from RedisSettings."""
-
-    model_config = SettingsConfigDict(env_prefix="SWITCHYARD_BATCH_", frozen=True)
-
-    redis_timeout_seconds: float = Field(10.0, gt=0)
-    redis_cluster: bool = Field(False, description="redis_url is a node of a Redis Cluster")
-    build_dir: Path = Path("build")
-    # A weekly schedule plus a day of slack: a generation outlives the run that replaces it.
-    ttl_seconds: int = Field(_EIGHT_DAYS, gt=0)
-    batch_size: int = Field(32, gt=0, description="texts per teacher forward pass")
-    write_every: int = Field(512, gt=0, description="texts labelled between two writes")
-    max_chars: int = Field(20_000, gt=0, description="longer texts are skipped")
-
-
-@dataclass(frozen=True)
-class Shard:
-    index: int
-    count: int
-
-    @classmethod
-    def parse(cls, value: str) -> "Shard":
-        index, slash, count = value.partition("/")
-        try:
-            shard = cls(int(index), int(count))
-        except ValueError:
-            shard = cls(-1, 0)
-        if not slash or not 0 <= shard.index < shard.count:
-            raise BatchError(f"--shard must be i/n with 0 <= i < n, got {value!r}")
-        return shard
-
-    def owns(self, digest: str) -> bool:
-        return int(digest[:8], 16) % self.count == self.index
-
-
-@dataclass(frozen=True)
-class BatchOptions:
-    task: str
-    inputs: list[Path]
-    include_misses: bool = False
-    shard: Shard = Shard(0, 1)
-    namespace: str = ""
-    input_format: InputFormat | None = None
-    text_field: str = "text"
-    show_progress: bool = True
-    teacher: str = "model"  # or "llm-fewshot": the prompted LLM
-    shots: int = 3
-    selection: str = "nearest"
-    seed: int = 0
+__all__ = ["BatchSummary", "Engine", "run_batch"]
 
 
 @dataclass
@@ -88,10 +40,12 @@ class BatchSummary:
     task: str
     namespace: str
     shard: Shard
+    engine: str = "in-process"
     generation: str = ""
     generation_created_at: float = 0.0
     outcome: str = ""
     rows_read: int = 0
+    bytes_read: int = 0
     misses_read: int = 0
     skipped: dict[str, int] = field(default_factory=dict)
     duplicates: int = 0
@@ -109,16 +63,40 @@ class BatchSummary:
         return self.written / self.labelling_seconds if self.labelling_seconds else 0.0
 
 
-def _run_id(options: BatchOptions, namespace: str, teacher: LabelSource, max_chars: int) -> str:
-    """Same inputs, options and teacher: same run, so a rerun resumes instead of starting over."""
-    digests = []
-    for path in options.inputs:
-        with path.open("rb") as handle:
-            digests.append(hashlib.file_digest(handle, "sha256").hexdigest())
+class Engine(Protocol):
+    """Reads the texts of a run and labels the ones its generation lacks."""
+
+    def read(self) -> None:
+        """Read the input files; BatchError for one that cannot be read. Touches no Redis."""
+
+    def add_misses(self, store: GenerationStore, until: str) -> int:
+        """Add the queued misses up to `until` to the texts; returns how many were added."""
+
+    def counts(self) -> tuple[TextSet, int]:
+        """Row counts of everything read (texts aside), and the number of unique texts."""
+
+    def label(self, store: GenerationStore, generation: str) -> LabelCounts:
+        """Label and write the texts missing from `generation`."""
+
+    def count_missing(self, store: GenerationStore, generation: str) -> int:
+        """How many of the texts `generation` still lacks."""
+
+    def close(self) -> None: ...
+
+
+def _run_id(
+    options: BatchOptions,
+    namespace: str,
+    teacher: LabelSource,
+    files: Sequence[InputFile],
+    max_chars: int,
+) -> str:
+    """Same inputs, options and teacher: same run, so a rerun resumes instead of starting over.
+    Files count by name, size and modification stamp, so no shard reads them all for this."""
     identity = [
         namespace,
         teacher.version,
-        digests,
+        file_fingerprints(files),
         options.include_misses,
         options.shard.count,
         options.input_format,
@@ -133,60 +111,52 @@ def run_batch(options: BatchOptions, settings: BatchSettings) -> BatchSummary:
     namespace = options.namespace or options.task
     if not re.match(NAMESPACE_PATTERN, namespace):
         raise BatchError(f"namespace {namespace!r} holds braces, colons or spaces; name another")
-    summary = BatchSummary(task=options.task, namespace=namespace, shard=options.shard)
     if not options.inputs and not options.include_misses:
         raise BatchError("nothing to read: pass --input FILE and/or --include-misses")
-    teacher = _teacher(options, settings)
-    texts = TextSet(max_chars=settings.max_chars)
-    for path in options.inputs:
-        read_file(path, format_of(path, options.input_format), options.text_field, texts)
-    run_id = _run_id(options, namespace, teacher, settings.max_chars)
-
-    store = GenerationStore(
-        connect(settings, settings.redis_timeout_seconds, settings.redis_cluster),
-        namespace,
-        settings.ttl_seconds,
+    if options.engine == "ray" and options.shard.count > 1:
+        raise BatchError("--shard is for the in-process engine; Ray spreads the work itself")
+    summary = BatchSummary(
+        task=options.task, namespace=namespace, shard=options.shard, engine=options.engine
     )
+    teacher = label_source(options, settings)
+    files = list_inputs(options.inputs, options.input_format)
+    run_id = _run_id(options, namespace, teacher, files, settings.max_chars)
+    engine = _engine(options, settings, teacher, files)
     try:
-        _label_and_publish(options, settings, teacher, texts, store, run_id, summary)
+        engine.read()
+        store = GenerationStore(
+            connect(settings, settings.redis_timeout_seconds, settings.redis_cluster),
+            namespace,
+            settings.ttl_seconds,
+        )
+        _label_and_publish(options, settings, teacher, engine, store, run_id, summary)
     except RedisError as exc:
         raise BatchError(
             f"lost Redis during the run ({type(exc).__name__}: {exc}); the current generation "
             "is unchanged, and a rerun resumes where this one stopped"
         ) from None
+    finally:
+        engine.close()
     summary.seconds = time.perf_counter() - started
     return summary
 
 
-def _teacher(options: BatchOptions, settings: BatchSettings) -> LabelSource:
-    """The build's fine-tuned teacher, or the prompted LLM; found without loading weights."""
-    if options.teacher == "model":
-        return TeacherInfo.read(settings.build_dir, options.task)
-    if options.teacher != "llm-fewshot":
-        raise BatchError(f"unknown teacher {options.teacher!r}; use model or llm-fewshot")
-    from services.batch.fewshot_teacher import FewShotTeacher
-    from services.prompts.errors import PromptError
-    from services.prompts.evaluate import PromptSettings
-    from services.prompts.selection import parse_selection
+def _engine(
+    options: BatchOptions, settings: BatchSettings, teacher: LabelSource, files: list[InputFile]
+) -> Engine:
+    if options.engine == "ray":
+        # Ray loads only for its engine: the in-process one runs where Ray is not installed.
+        from services.batch.ray_engine import RayEngine
 
-    try:
-        return FewShotTeacher.read(
-            options.task,
-            options.shots,
-            parse_selection(options.selection),
-            options.seed,
-            settings.build_dir,
-            PromptSettings(),
-        )
-    except (PromptError, ValueError) as exc:
-        raise BatchError(str(exc)) from None
+        return RayEngine(options, settings, files)
+    return InProcessEngine(options, settings, teacher, files)
 
 
 def _label_and_publish(
     options: BatchOptions,
     settings: BatchSettings,
     teacher: LabelSource,
-    texts: TextSet,
+    engine: Engine,
     store: GenerationStore,
     run_id: str,
     summary: BatchSummary,
@@ -195,42 +165,43 @@ def _label_and_publish(
     summary.generation = state.generation
     summary.generation_created_at = state.created_at
     if options.include_misses:
-        summary.misses_read = store.read_misses(state.misses_until, texts)
-    summary.rows_read = texts.rows_read
-    summary.skipped = dict(texts.skipped)
-    summary.duplicates = texts.duplicates
-    summary.unique = len(texts.texts)
-    if not texts.texts:
+        summary.misses_read = engine.add_misses(store, state.misses_until)
+    counts, unique = engine.counts()
+    summary.rows_read = counts.rows_read
+    summary.bytes_read = counts.bytes_read
+    summary.skipped = dict(counts.skipped)
+    summary.duplicates = counts.duplicates
+    summary.unique = summary.in_shard = unique
+    if not unique and options.shard.count == 1:
         # Finished, so that the next run with these options starts afresh (new misses too).
         store.mark_finished(run_id, time.time())
-        if texts.rows_read:
+        if counts.rows_read:
             raise BatchError(
-                f"none of the {texts.rows_read} rows holds a usable text "
-                f"({', '.join(f'{n} {reason}' for reason, n in texts.skipped.items())}); "
+                f"none of the {counts.rows_read} rows holds a usable text "
+                f"({', '.join(f'{n} {reason}' for reason, n in counts.skipped.items())}); "
                 "the current generation is unchanged"
             )
         summary.outcome = "nothing to label; the current generation is unchanged"
         return
 
-    mine = {d: text for d, text in texts.texts.items() if options.shard.owns(d)}
-    summary.in_shard = len(mine)
-    todo = store.missing(state.generation, list(mine))
-    summary.resumed = len(mine) - len(todo)
-    if todo:
-        _label_into(options, settings, teacher, store, state.generation, mine, todo, summary)
-
-    absent = store.missing(state.generation, list(mine))
-    if absent:
-        raise BatchError(
-            f"{len(absent)} of {len(mine)} predictions are missing after writing (is Redis "
-            "evicting keys? check maxmemory-policy); the current generation is unchanged"
-        )
+    # A shard whose share holds no text still reports, so that the others can flip.
+    if unique:
+        labelled = engine.label(store, state.generation)
+        summary.written, summary.resumed = labelled.written, labelled.resumed
+        summary.labelling_seconds = labelled.seconds
+        absent = engine.count_missing(store, state.generation)
+        if absent:
+            raise BatchError(
+                f"{absent} of {unique} predictions are missing after writing (is Redis "
+                "evicting keys? check maxmemory-policy); the current generation is unchanged"
+            )
     meta = {
         "created_at": str(state.created_at),
         "model": teacher.model_name,
         "base_model": teacher.base_model,
         "model_version": teacher.version,
         **teacher.describe(),
+        "engine": options.engine,
         "run_id": run_id,
         "ttl_seconds": str(settings.ttl_seconds),
     }
@@ -239,60 +210,77 @@ def _label_and_publish(
         state.generation,
         options.shard.index,
         options.shard.count,
-        len(mine),
+        unique,
         time.time(),
         meta,
     )
     summary.outcome = outcome.value
-    if outcome is not FlipOutcome.WAITING:
+    if outcome in (FlipOutcome.FLIPPED, FlipOutcome.FLIPPED_BEFORE):
         summary.generation_rows = rows_so_far
         summary.misses_removed = store.forget_misses(state.misses_until)
+    if outcome is not FlipOutcome.WAITING:
         store.mark_finished(run_id, time.time())
 
 
-def _label_into(
-    options: BatchOptions,
-    settings: BatchSettings,
-    teacher: LabelSource,
-    store: GenerationStore,
-    generation: str,
-    mine: dict[str, str],
-    todo: list[str],
-    summary: BatchSummary,
-) -> None:
-    """Label the texts of `todo` with the teacher and write them, one chunk at a time, so a
-    killed run loses at most one chunk of work."""
-    labeller = teacher.labeller(settings.batch_size)
-    # Similar lengths in one chunk keep padding, and so teacher time, low.
-    todo = sorted(todo, key=lambda digest: len(mine[digest]))
-    progress = tqdm(
-        total=len(todo),
-        desc=f"{options.task}: {teacher.model_name} labels",
-        unit="text",
-        disable=not options.show_progress,
-    )
-    started = time.perf_counter()
-    with progress:
-        for start in range(0, len(todo), settings.write_every):
-            chunk = todo[start : start + settings.write_every]
-            labelled = labeller.label([mine[digest] for digest in chunk])
-            now = time.time()
-            store.write(
-                generation,
-                [
-                    (
-                        digest,
-                        CachedPrediction(
-                            label=result.label,
-                            scores=result.scores,
-                            model=teacher.model_name,
-                            model_version=teacher.version,
-                            created_at=now,
-                        ).to_json(),
-                    )
-                    for digest, result in zip(chunk, labelled, strict=True)
-                ],
-            )
-            summary.written += len(chunk)
-            summary.labelling_seconds = time.perf_counter() - started
-            progress.update(len(chunk))
+class InProcessEngine:
+    """Reads this shard's pieces of the input and labels them in this process."""
+
+    def __init__(
+        self,
+        options: BatchOptions,
+        settings: BatchSettings,
+        teacher: LabelSource,
+        files: list[InputFile],
+    ) -> None:
+        self._options = options
+        self._settings = settings
+        self._teacher = teacher
+        self._files = files
+        self._texts = TextSet(max_chars=settings.max_chars)
+
+    def read(self) -> None:
+        shard = self._options.shard
+        text_field = self._options.text_field
+        for piece in shard_pieces(self._files, shard.index, shard.count, text_field):
+            read_piece(piece, text_field, self._texts)
+
+    def add_misses(self, store: GenerationStore, until: str) -> int:
+        shard = self._options.shard
+        return store.read_misses(until, self._texts, None if shard.count == 1 else shard.owns)
+
+    def counts(self) -> tuple[TextSet, int]:
+        return self._texts, len(self._texts.texts)
+
+    def label(self, store: GenerationStore, generation: str) -> LabelCounts:
+        """Label the missing texts and write them, one chunk at a time, so a killed run loses
+        at most one chunk of work."""
+        texts = self._texts.texts
+        todo = store.missing(generation, list(texts))
+        counts = LabelCounts(resumed=len(texts) - len(todo))
+        if not todo:
+            return counts
+        labeller = self._teacher.labeller(self._settings.batch_size)
+        # Similar lengths in one chunk keep padding, and so teacher time, low.
+        todo.sort(key=lambda digest: len(texts[digest]))
+        progress = tqdm(
+            total=len(todo),
+            desc=f"{self._options.task}: {self._teacher.model_name} labels",
+            unit="text",
+            disable=not self._options.show_progress,
+        )
+        started = time.perf_counter()
+        every = self._settings.write_every
+        with progress:
+            for start in range(0, len(todo), every):
+                chunk = [(digest, texts[digest]) for digest in todo[start : start + every]]
+                label_and_write(self._teacher, labeller, store, generation, chunk)
+                counts.written += len(chunk)
+                counts.seconds = time.perf_counter() - started
+                progress.update(len(chunk))
+        return counts
+
+    def count_missing(self, store: GenerationStore, generation: str) -> int:
+        return len(store.missing(generation, list(self._texts.texts)))
+
+    def close(self) -> None:
+        """Nothing to release: the engine holds no process or connection of its own."""

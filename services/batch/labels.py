@@ -5,7 +5,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-__all__ = ["LabelSource", "Labelled", "Labeller"]
+import numpy.typing as npt
+
+from services.contracts.model_io import softmax
+
+__all__ = ["LabelSource", "Labelled", "Labeller", "labelled_from_logits"]
 
 
 @dataclass(frozen=True)
@@ -16,6 +20,18 @@ class Labelled:
 
 class Labeller(Protocol):
     def label(self, texts: Sequence[str]) -> list[Labelled]: ...
+
+
+def labelled_from_logits(logits: npt.ArrayLike, labels: list[str]) -> list[Labelled]:
+    """Each row's label and scores (rounded to 6 places, as cached), for a classifier's
+    (rows, labels) logits in the order of `labels`."""
+    return [
+        Labelled(
+            label=labels[int(row.argmax())],
+            scores={name: round(float(p), 6) for name, p in zip(labels, row, strict=True)},
+        )
+        for row in softmax(logits)
+    ]
 
 
 class LabelSource(Protocol):
@@ -32,4 +48,7 @@ class LabelSource(Protocol):
     @property
     def labels(self) -> list[str]: ...
     def describe(self) -> dict[str, str]: ...
-    def labeller(self, batch_size: int) -> Labeller: ...
+    def labeller(self, batch_size: int, threads: int | None = None) -> Labeller:
+        """A labeller of `batch_size` texts a pass; `threads` caps its CPU threads (one per
+        core when None), for several labellers on one machine."""
+        ...

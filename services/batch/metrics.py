@@ -43,6 +43,10 @@ def write_metrics(path: Path, summary: BatchSummary, finished_at: float) -> None
         rows.labels(**labels, outcome=outcome).set(count)
     gauges = {
         "switchyard_batch_duration_seconds": ("Wall time of the last run", summary.seconds),
+        "switchyard_batch_input_bytes": (
+            "Bytes of input files the last run read (a shard: its share only)",
+            summary.bytes_read,
+        ),
         "switchyard_batch_labelled_rows_per_second": (
             "Teacher labelling and writing rate of the last run",
             summary.rows_per_second,

@@ -11,7 +11,8 @@ that redis-py splits into one per master.
 """
 
 import enum
-from collections.abc import Iterator, Sequence
+import hashlib
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, cast
@@ -87,6 +88,7 @@ for i = 0, shards - 1 do
 end
 if done < shards then return {0, done, total} end
 if redis.call('HEXISTS', KEYS[1], 'flipped_at') == 1 then return {2, done, total} end
+if total == 0 then return {3, done, total} end
 local meta = {'rows', total, 'flipped_at', ARGV[6]}
 for i = 9, #ARGV do meta[#meta + 1] = ARGV[i] end
 redis.call('HSET', KEYS[3], unpack(meta))
@@ -102,6 +104,8 @@ class FlipOutcome(enum.Enum):
     WAITING = "waiting for other shards"
     FLIPPED = "flipped"
     FLIPPED_BEFORE = "flipped by an earlier attempt"
+    # Every shard's share was empty: an empty generation would turn every hit into a miss.
+    NOTHING = "no shard found a usable text; the current generation is unchanged"
 
 
 @dataclass(frozen=True)
@@ -185,17 +189,27 @@ class GenerationStore:
                 return
             start = "(" + entries[-1][0].decode()
 
-    def read_misses(self, until: str, into: TextSet) -> int:
-        """Add the queued misses up to entry `until` to `into`; returns how many were read."""
+    def read_misses(
+        self, until: str, into: TextSet, owns: Callable[[str], bool] | None = None
+    ) -> int:
+        """Add the queued misses up to entry `until` whose hash `owns` accepts (all without
+        it) to `into`; returns how many were added."""
         read = 0
         for fields in self._misses(until):
-            read += 1
+            raw = fields.get(b"text")
             try:
-                into.add(fields[b"text"].decode("utf-8"))
-            except KeyError:
-                into.skip("no 'text' field")
+                text = None if raw is None else raw.decode("utf-8")
             except UnicodeDecodeError:
-                into.skip("not UTF-8")
+                text = None
+            # An unreadable entry goes to the shard its bytes hash to, so one shard counts it.
+            digest = text_hash(text) if text is not None else hashlib.sha256(raw or b"").hexdigest()
+            if owns is not None and not owns(digest):
+                continue
+            read += 1
+            if text is not None:
+                into.add(text)
+            else:
+                into.skip("no 'text' field" if raw is None else "not UTF-8")
         return read
 
     def missing(self, generation: str, digests: Sequence[str]) -> list[str]:

@@ -28,8 +28,11 @@ def _seconds(value: str) -> int:
 def run(
     task: Annotated[str, typer.Option(help="Task whose teacher labels the texts.")],
     inputs: Annotated[
-        list[Path] | None,
-        typer.Option("--input", help="JSONL, CSV, text or Parquet file of texts (repeatable)."),
+        list[str] | None,
+        typer.Option(
+            "--input",
+            help="JSONL, CSV, text or Parquet file, folder, glob or fsspec URL (repeatable).",
+        ),
     ] = None,
     include_misses: Annotated[
         bool, typer.Option(help="Also label the texts the router queued as misses.")
@@ -74,6 +77,20 @@ def run(
         str, typer.Option(help="How examples are chosen: nearest or random (llm-fewshot).")
     ] = "nearest",
     seed: Annotated[int, typer.Option(help="Seed of the example draw (llm-fewshot).")] = 0,
+    teacher_runtime: Annotated[
+        str, typer.Option(help="onnx (onnxruntime) or torch: what runs the fine-tuned teacher.")
+    ] = "onnx",
+    engine: Annotated[
+        str, typer.Option(help="in-process, or ray (Ray Data on a local or remote Ray).")
+    ] = "in-process",
+    ray_address: Annotated[
+        str | None,
+        typer.Option(help="Ray cluster to run on (--engine ray) [RAY_ADDRESS, else a local Ray]."),
+    ] = None,
+    ray_workers: Annotated[
+        int | None,
+        typer.Option(min=1, help="Most teacher actors (--engine ray) [one per GPU, else CPU]."),
+    ] = None,
 ) -> None:
     """Label texts with the task's teacher into a new cache generation, then flip to it."""
     import time
@@ -93,8 +110,18 @@ def run(
     }
     try:
         # Torch and the teacher load only here, so the other commands stay light.
-        from services.batch.job import BatchOptions, BatchSettings, Shard, run_batch
+        from services.batch.job import run_batch
         from services.batch.metrics import write_metrics
+        from services.batch.settings import (
+            BatchOptions,
+            BatchSettings,
+            Shard,
+            parse_engine,
+            parse_teacher_runtime,
+        )
+
+        if engine != "ray" and (ray_address is not None or ray_workers is not None):
+            raise BatchError("--ray-address and --ray-workers go with --engine ray")
 
         settings = BatchSettings(**{k: v for k, v in overrides.items() if v is not None})
         options = BatchOptions(
@@ -110,6 +137,10 @@ def run(
             shots=shots,
             selection=selection,
             seed=seed,
+            teacher_runtime=parse_teacher_runtime(teacher_runtime),
+            engine=parse_engine(engine),
+            ray_address=ray_address,
+            ray_workers=ray_workers,
         )
         summary = run_batch(options, settings)
     except BatchError as exc:
@@ -122,7 +153,9 @@ def run(
     table.add_column("")
     table.add_column("", justify="right")
     rows = {
+        "engine": summary.engine,
         "rows read (files and misses)": summary.rows_read,
+        "input bytes read": summary.bytes_read,
         "of them misses": summary.misses_read,
         "skipped": sum(summary.skipped.values()),
         "duplicates": summary.duplicates,

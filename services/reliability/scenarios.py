@@ -168,6 +168,7 @@ def redis_outage(bed: Testbed, corpus: Corpus, mode: str, outage_s: float = 3.0)
 
 def triton_outage(bed: Testbed, corpus: Corpus, outage_s: float = 3.0) -> ScenarioResult:
     """Triton stopped: hits keep coming from the cache, misses fail fast, then recover."""
+    cache_errors = _metric(bed, "switchyard_cache_errors_total", bed.task)
     hits = _traffic(bed, corpus.cached, clients=2, pause_s=0.01).start()
     misses = _traffic(bed, corpus.uncached, clients=2, pause_s=0.01, timeout_s=5.0).start()
     try:
@@ -184,6 +185,10 @@ def triton_outage(bed: Testbed, corpus: Corpus, outage_s: float = 3.0) -> Scenar
     recovery_s = _first(miss_outcomes, back, lambda o: o.ok)
     settled = [o for o in miss_outcomes if o.started >= back + recovery_s]
     outcomes = hit_outcomes + miss_outcomes
+    # A cached text whose Redis read failed (timed out on a loaded machine) is answered by
+    # the model by design, and so fails while Triton is down: both of its answers were gone.
+    failed_reads = _metric(bed, "switchyard_cache_errors_total", bed.task) - cache_errors
+    failed_hits = sum(not o.ok for o in hit_outcomes)
     return ScenarioResult(
         name="triton-stop",
         fault=f"Triton stopped for {outage_s:.0f} s plus its restart, under cache-route and "
@@ -191,13 +196,15 @@ def triton_outage(bed: Testbed, corpus: Corpus, outage_s: float = 3.0) -> Scenar
         sent=len(outcomes),
         codes=_codes(outcomes),
         numbers={
-            "cache-route requests failed": sum(not o.ok for o in hit_outcomes),
+            "cache-route requests failed": failed_hits,
+            "cache reads that failed (then asked the model)": failed_reads,
             "model-route requests refused while down": len(refused),
             "slowest refusal (ms)": max((o.seconds * 1000 for o in refused), default=0.0),
             "model route recovered after (s)": recovery_s,
         },
         checks={
-            "zero failed cache-route requests": all(o.ok for o in hit_outcomes),
+            "no cache-route request fails unless its cache read failed": failed_hits
+            <= failed_reads,
             "misses fail with UNAVAILABLE while Triton is down": bool(refused)
             and all(o.code == "UNAVAILABLE" and "triton" in o.details for o in refused),
             "each refusal within 0.5 s (deadline 5 s)": all(o.seconds < 0.5 for o in refused),
@@ -266,6 +273,7 @@ def slow_triton(
     """
     triton_timeout_s = bed.router.settings["triton_timeout_ms"] / 1000
     margin_s = 0.25
+    cache_errors = _metric(bed, "switchyard_cache_errors_total", bed.task)
     hits = _traffic(bed, corpus.cached, clients=2, pause_s=0.01).start()
     bounded = _traffic(bed, corpus.uncached, clients=3, timeout_s=deadline_s).start()
     unbounded = _traffic(bed, corpus.uncached[::-1], clients=2, timeout_s=None).start()
@@ -284,6 +292,9 @@ def slow_triton(
             bounded.stop(),
             unbounded.stop(),
         )
+    # As in triton_outage: a hit whose cache read failed asks the (stalled) model.
+    failed_reads = _metric(bed, "switchyard_cache_errors_total", bed.task) - cache_errors
+    failed_hits = sum(not o.ok for o in hit_outcomes)
     late_bounded = [o for o in bounded_outcomes if stalled <= o.started and o.ended <= resumed]
     late_unbounded = [o for o in unbounded_outcomes if stalled <= o.started and o.ended <= resumed]
     overrun_ms = max(
@@ -301,13 +312,15 @@ def slow_triton(
         sent=len(outcomes),
         codes=_codes(outcomes),
         numbers={
-            "cache-route requests failed": sum(not o.ok for o in hit_outcomes),
+            "cache-route requests failed": failed_hits,
+            "cache reads that failed (then asked the model)": failed_reads,
             "model requests timed out while stalled": len(late_bounded) + len(late_unbounded),
             "worst overrun of a deadline (ms)": overrun_ms,
             "model route recovered after (s)": recovery_s,
         },
         checks={
-            "zero failed cache-route requests": all(o.ok for o in hit_outcomes),
+            "no cache-route request fails unless its cache read failed": failed_hits
+            <= failed_reads,
             "stalled requests end with DEADLINE_EXCEEDED": bool(late_bounded and late_unbounded)
             and all(o.code == "DEADLINE_EXCEEDED" for o in late_bounded + late_unbounded),
             f"none ends later than its deadline + {margin_s * 1000:.0f} ms": overrun_ms

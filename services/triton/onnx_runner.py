@@ -3,7 +3,12 @@
 The `tritonserver` bundled in the PyPI wheel has no onnxruntime backend, so every ONNX model
 of the repository is served by this one generic runner. It keeps the model's tensor names,
 shapes, `max_batch_size` and dynamic batching, so clients cannot tell it from the onnxruntime
-backend of NVIDIA's images. Triton loads this file as `model.py` of each version folder.
+backend of NVIDIA's images. Triton loads this file as `model.py` of each version folder; the
+stub runs it with the environment's site-packages, where this package is installed.
+
+As with that backend, the config's instance kind says where it runs: a KIND_GPU instance on
+its GPU with CUDA (where CUDA cannot run, the model fails to load and says why), a KIND_CPU
+one on CPU; sessions come from `services.contracts.onnx_session`.
 """
 
 import json
@@ -12,8 +17,9 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-import onnxruntime as ort
 import triton_python_backend_utils as pb_utils
+
+from services.contracts.onnx_session import create_session
 
 Arrays = list[npt.NDArray[Any]]
 
@@ -24,14 +30,18 @@ class TritonPythonModel:
         parameters = {
             key: value["string_value"] for key, value in config.get("parameters", {}).items()
         }
-        options = ort.SessionOptions()
-        # 0 lets onnxruntime pick; one inter-op thread, as the model graph is sequential.
-        options.intra_op_num_threads = int(parameters.get("intra_op_thread_count", "0"))
-        options.inter_op_num_threads = 1
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        # 0 lets onnxruntime pick.
+        threads = int(parameters.get("intra_op_thread_count", "0")) or None
         model_path = Path(args["model_repository"]) / args["model_version"] / "model.onnx"
-        self._session = ort.InferenceSession(
-            str(model_path), options, providers=["CPUExecutionProvider"]
+        on_gpu = args.get("model_instance_kind") == "GPU"
+        self._session = create_session(
+            model_path,
+            "cuda" if on_gpu else "cpu",
+            threads,
+            # Two versions are loaded during a rollout: the idle one's spinning threads would
+            # take the cores from the busy one.
+            spinning=False,
+            device_id=int(args.get("model_instance_device_id") or 0),
         )
         self._input_names = [tensor["name"] for tensor in config["input"]]
         self._output_names = [tensor["name"] for tensor in config["output"]]

@@ -22,8 +22,6 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import onnxruntime as ort
-
 from services.contracts.model_io import TextEncoder
 from services.contracts.model_repository import (
     CONFIG_FILE,
@@ -35,6 +33,7 @@ from services.contracts.model_repository import (
     render_config,
     version_dirs,
 )
+from services.contracts.onnx_session import OnnxRuntimeMissing, create_session
 
 __all__ = ["RUNNER_FILE", "RuntimeRepository", "SyncReport"]
 
@@ -62,7 +61,10 @@ def _check_version(model_file: Path, input_names: list[str], output_names: list[
     if not model_file.is_file():
         raise ValueError(f"no {MODEL_FILE}")
     try:
-        session = ort.InferenceSession(str(model_file), providers=["CPUExecutionProvider"])
+        # On CPU: the check needs the graph's tensors, not speed, and no GPU memory.
+        session = create_session(model_file, "cpu")
+    except OnnxRuntimeMissing:
+        raise  # no version is at fault
     except Exception as exc:  # onnxruntime raises several unrelated exception types
         raise ValueError(f"onnxruntime cannot load {MODEL_FILE}: {exc}") from None
     graph_inputs = {node.name for node in session.get_inputs()}

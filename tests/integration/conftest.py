@@ -29,9 +29,12 @@ TINY_BUILD_OPTIONS = [
 TASK_LIMITS = {"tasks": {"topic": {"max_text_length": 500}, "sentiment": {"max_text_length": 280}}}
 
 
-def run_switchyard(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    """Run the CLI in a child process, as a user would, and capture its output."""
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+def run_switchyard(
+    *args: str, check: bool = True, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Run the CLI in a child process, as a user would (with `env` added to the environment),
+    and capture its output."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", **(env or {})}
     result = subprocess.run(
         [*SWITCHYARD, *args], capture_output=True, text=True, env=env, timeout=900
     )

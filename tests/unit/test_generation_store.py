@@ -9,6 +9,8 @@ from collections.abc import Iterator
 import pytest
 import redis
 
+from services.batch.inputs import TextSet
+from services.batch.settings import Shard
 from services.batch.store import FlipOutcome, GenerationStore
 from services.contracts.cache_schema import (
     GENERATIONS_CHANNEL,
@@ -82,3 +84,45 @@ def test_the_misses_a_run_covered_are_forgotten(client: "redis.Redis") -> None:
     remaining = client.xrange(misses_stream_key(namespace))
     assert [fields[b"text"] for _, fields in remaining] == [b"queued after the claim"]
     assert client.scard(misses_seen_key(namespace)) == 0
+
+
+def test_shards_that_all_found_nothing_never_flip_to_an_empty_generation(
+    client: "redis.Redis",
+) -> None:
+    namespace = f"store-{uuid.uuid4().hex[:8]}"
+    client.set(generation_key(namespace), "keep-me")
+    store = GenerationStore(client, namespace, ttl_seconds=600)
+    state = store.claim("run-3", shards=2, include_misses=False, now=1000.0)
+    assert store.finish_shard("run-3", state.generation, 0, 2, 0, 1001.0, {})[0] is (
+        FlipOutcome.WAITING
+    )
+    assert store.finish_shard("run-3", state.generation, 1, 2, 0, 1002.0, {}) == (
+        FlipOutcome.NOTHING,
+        0,
+    )
+    assert client.get(generation_key(namespace)) == b"keep-me"
+
+
+def test_each_shard_reads_the_misses_it_owns_and_one_counts_each_unreadable_entry(
+    client: "redis.Redis",
+) -> None:
+    namespace = f"store-{uuid.uuid4().hex[:8]}"
+    stream = misses_stream_key(namespace)
+    texts = [f"miss {i}" for i in range(60)]
+    for text in texts:
+        client.xadd(stream, {"text": text})
+    client.xadd(stream, {"body": "no text"})
+    client.xadd(stream, {"text": b"\xff\xfe"})
+    store = GenerationStore(client, namespace, ttl_seconds=600)
+    until = store.claim("run-4", shards=3, include_misses=True, now=1000.0).misses_until
+    shards = [Shard(i, 3) for i in range(3)]
+    read = []
+    for shard in shards:
+        into = TextSet(max_chars=50)
+        added = store.read_misses(until, into, shard.owns)
+        read.append((added, into))
+    assert sum(added for added, _ in read) == 62
+    assert sum(into.skipped.total() for _, into in read) == 2
+    owned = [set(into.texts) for _, into in read]
+    assert set().union(*owned) == {text_hash(t) for t in texts}
+    assert sum(map(len, owned)) == 60 and all(owned)

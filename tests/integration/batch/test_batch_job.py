@@ -10,8 +10,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import redis
-from prometheus_client.parser import text_string_to_metric_families
 
 from router.client import Policy, RequestError, Route
 from services.contracts.cache_schema import (
@@ -24,74 +22,23 @@ from services.contracts.cache_schema import (
     prediction_key,
     text_hash,
 )
-from services.contracts.text import normalize_text
-from services.pipeline.datasets import load_task
-from services.pipeline.task_file import load_task_file, shipped_task_file
-from services.pipeline.teacher import load_classifier
-from services.pipeline.training import predict_logits
 from services.processes.ports import free_port
 from services.processes.redis_cluster import RedisClusterServers
 from services.triton.server import TritonServer
+from tests.integration.batch.helpers import (
+    batch_run,
+    generation_keys,
+    metrics,
+    teacher_labels,
+    write_jsonl,
+)
 from tests.integration.conftest import (
     SWITCHYARD,
     RedisServer,
     RouterProcess,
-    run_switchyard,
 )
 from tests.integration.router.helpers import client as client_of
 from tests.integration.router.helpers import predict, publish_generation, wait_for_generation
-
-
-@pytest.fixture(scope="module")
-def sentiment_texts() -> list[str]:
-    """Real, distinct sentiment texts short enough for the test router's limit."""
-    source = load_task_file(shipped_task_file("sentiment"), "quick").data
-    texts = [e.text for e in load_task(source).examples if 20 <= len(e.text) <= 280]
-    unique = list({normalize_text(text): text for text in texts}.values())
-    return unique[:2000]
-
-
-def write_jsonl(path: Path, texts: list[str]) -> Path:
-    path.write_text("".join(json.dumps({"text": t}) + "\n" for t in texts), encoding="utf-8")
-    return path
-
-
-def batch_run(
-    tiny_build: Path, redis_url: str, *args: str, check: bool = True
-) -> subprocess.CompletedProcess[str]:
-    return run_switchyard(
-        "batch", "run", "--build", str(tiny_build), "--redis-url", redis_url, "--no-progress",
-        *args, check=check,
-    )  # fmt: skip
-
-
-def metrics(path: Path) -> dict[str, float]:
-    """The textfile's samples as {name or name:outcome: value}."""
-    values = {}
-    for family in text_string_to_metric_families(path.read_text()):
-        for sample in family.samples:
-            outcome = sample.labels.get("outcome")
-            values[f"{sample.name}:{outcome}" if outcome else sample.name] = sample.value
-    return values
-
-
-def teacher_labels(tiny_build: Path, task: str, texts: list[str]) -> list[str]:
-    """The teacher's own answers, computed here without the batch job."""
-    model, tokenizer = load_classifier(tiny_build / "work" / task / "teacher" / "model")
-    info = json.loads((tiny_build / "work" / task / "teacher" / "teacher.json").read_text())
-    normalized = [normalize_text(text) for text in texts]
-    logits = predict_logits(model, tokenizer, normalized, info["max_length"])
-    return [model.config.id2label[int(i)] for i in logits.argmax(axis=1)]
-
-
-def generation_keys(client: redis.Redis, namespace: str, generation: str) -> dict[str, bytes]:
-    keys = [
-        key
-        for key in client.scan_iter(f"switchyard:{namespace}:{generation}:*", count=1000)
-        if not key.endswith(b":meta")
-    ]
-    values = client.mget(keys) if keys else []
-    return {key.decode().rsplit(":", 1)[1]: value for key, value in zip(keys, values, strict=True)}
 
 
 def test_router_answers_the_batch_texts_from_the_cache(
@@ -278,14 +225,23 @@ def test_two_shards_together_equal_one_unsharded_run(
     assert "outcome: flipped" in whole.stdout
 
     first = batch_run(
-        tiny_build, redis_server.url, *common, "--namespace", "split", "--shard", "0/2"
-    )
+        tiny_build, redis_server.url, *common, "--namespace", "split", "--shard", "0/2",
+        "--metrics-file", str(tmp_path / "shard-0.prom"),
+    )  # fmt: skip
     assert "outcome: waiting for other shards" in first.stdout
     assert client.get(generation_key("split")) is None
     second = batch_run(
-        tiny_build, redis_server.url, *common, "--namespace", "split", "--shard", "1/2"
-    )
+        tiny_build, redis_server.url, *common, "--namespace", "split", "--shard", "1/2",
+        "--metrics-file", str(tmp_path / "shard-1.prom"),
+    )  # fmt: skip
     assert "outcome: flipped" in second.stdout
+    # Each shard read its half of the file's bytes and rows, not the whole file.
+    shards = [metrics(tmp_path / f"shard-{i}.prom") for i in range(2)]
+    rows = [shard["switchyard_batch_rows:read"] for shard in shards]
+    read_bytes = [shard["switchyard_batch_input_bytes"] for shard in shards]
+    assert sum(rows) == 120 and min(rows) > 30
+    assert sum(read_bytes) == queries.stat().st_size
+    assert max(read_bytes) < queries.stat().st_size * 0.75
 
     unsharded = generation_keys(client, "whole", client.get(generation_key("whole")).decode())
     sharded = generation_keys(client, "split", client.get(generation_key("split")).decode())

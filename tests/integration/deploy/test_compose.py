@@ -4,17 +4,23 @@ docker-compose.yml is validated against the compose-spec JSON schema (shipped by
 npm package in .tools/) with check-jsonschema, and a planted error must fail that same check,
 so a passing run means the validator really looked. The rest reads the file and the
 Dockerfiles: paths that must exist in the repository, health checks, non-root images, and a
-router image without torch.
+router image without torch or Ray (its extras resolved from pyproject.toml and the installed
+packages' metadata).
 """
 
 import re
 import subprocess
 import sys
+import tomllib
+from collections.abc import Iterable
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
 
 REPO = Path(__file__).parents[3]
 COMPOSE_FILE = REPO / "docker-compose.yml"
@@ -93,6 +99,68 @@ def pip_install_lines(dockerfile: Path) -> list[str]:
     """Each RUN that calls pip install, with its continuation lines joined."""
     text = dockerfile.read_text(encoding="utf-8").replace("\\\n", " ")
     return [line for line in text.splitlines() if "pip install" in line]
+
+
+def dockerfile_extras(dockerfile: Path) -> set[str]:
+    """The project's extras that the Dockerfile installs (`'.[a,b]'` in a pip install)."""
+    return {
+        extra.strip()
+        for line in pip_install_lines(dockerfile)
+        for group in re.findall(r"\.\[([^\]]*)\]", line)
+        for extra in group.split(",")
+    }
+
+
+PYPROJECT = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))["project"]
+
+
+def project_requirements(extras: Iterable[str]) -> list[Requirement]:
+    """What installing the project with `extras` asks for: its dependencies and those of
+    each extra, following the extras that name the project itself (`stack`, `serve`)."""
+    name = canonicalize_name(PYPROJECT["name"])
+    optional: dict[str, list[str]] = PYPROJECT["optional-dependencies"]
+    requirements = [Requirement(line) for line in PYPROJECT["dependencies"]]
+    todo, seen = list(extras), set()
+    while todo:
+        extra = todo.pop()
+        if extra in seen:
+            continue
+        assert extra in optional, f"pyproject.toml has no extra {extra!r}"
+        seen.add(extra)
+        for requirement in map(Requirement, optional[extra]):
+            if canonicalize_name(requirement.name) == name:
+                todo.extend(requirement.extras)
+            else:
+                requirements.append(requirement)
+    return requirements
+
+
+def installed_closure(requirements: Iterable[Requirement]) -> set[str]:
+    """Every distribution the requirements pull in, transitively, by the metadata of the
+    packages installed next to this interpreter (the virtual environment holds the whole
+    pinned set), each requirement's extras and markers included."""
+    found: set[str] = set()
+    visited: set[tuple[str, frozenset[str]]] = set()
+    todo = list(requirements)
+    while todo:
+        requirement = todo.pop()
+        name = canonicalize_name(requirement.name)
+        key = (name, frozenset(requirement.extras))
+        if key in visited:
+            continue
+        visited.add(key)
+        found.add(name)
+        try:
+            dependencies = metadata.requires(requirement.name) or []
+        except metadata.PackageNotFoundError:
+            pytest.fail(f"{requirement.name} is not installed: the closure would be incomplete")
+        for dependency in map(Requirement, dependencies):
+            environments = [{"extra": extra} for extra in requirement.extras or {""}]
+            if dependency.marker is None or any(
+                dependency.marker.evaluate(environment) for environment in environments
+            ):
+                todo.append(dependency)
+    return found
 
 
 def test_compose_file_matches_the_compose_spec_schema() -> None:
@@ -194,15 +262,24 @@ def test_router_uses_the_router_image_and_check_command() -> None:
 def test_router_image_installs_the_router_extra_only() -> None:
     installs = pip_install_lines(REPO / "router/Dockerfile")
     assert installs, "router/Dockerfile installs nothing"
-    extras = {
-        extra.strip()
-        for line in installs
-        for group in re.findall(r"\.\[([^\]]*)\]", line)
-        for extra in group.split(",")
-    }
+    extras = dockerfile_extras(REPO / "router/Dockerfile")
     assert extras == {"router"}, f"router/Dockerfile installs the extras {sorted(extras)}"
     for line in installs:
-        assert not re.search(r"\btorch\b|assets\.txt", line), line
+        assert not re.search(r"\btorch\b|\bray\b|assets\.txt", line), line
+
+
+def test_router_image_pulls_in_no_ray() -> None:
+    """Ray belongs to the batch image: neither the router's extra (with the base
+    dependencies) nor anything those pull in, transitively, is Ray, or torch."""
+    requirements = project_requirements(dockerfile_extras(REPO / "router/Dockerfile"))
+    direct = {canonicalize_name(r.name) for r in requirements}
+    assert not direct & {"ray", "torch"}, sorted(direct)
+    closure = installed_closure(requirements)
+    assert "ray" not in closure, "the router image would install Ray"
+    assert "torch" not in closure, "the router image would install torch"
+    # The same walk finds Ray where it is, so the check above can fail.
+    assert "ray" in installed_closure(project_requirements(["ray"]))
+    assert "ray" in installed_closure(project_requirements(["stack"]))
 
 
 def test_router_code_imports_without_the_training_stack_or_the_triton_wheel() -> None:
@@ -212,7 +289,7 @@ def test_router_code_imports_without_the_training_stack_or_the_triton_wheel() ->
         "class Block(importlib.abc.MetaPathFinder):\n"
         "    def find_spec(self, name, path, target=None):\n"
         "        blocked = {'torch', 'transformers', 'peft', 'optimum', 'pytriton',\n"
-        "                   'onnxruntime'}\n"
+        "                   'onnxruntime', 'ray'}\n"
         "        if name.split('.')[0] in blocked:\n"
         "            raise ImportError(name)\n"
         "sys.meta_path.insert(0, Block())\n"
@@ -228,9 +305,15 @@ def test_router_code_imports_without_the_training_stack_or_the_triton_wheel() ->
     assert result.returncode == 0, result.stderr[-2000:]
 
 
-def test_batch_image_installs_the_training_stack_and_assets() -> None:
+def test_batch_image_installs_the_training_stack_ray_and_assets() -> None:
     installs = " ".join(pip_install_lines(REPO / "services/Dockerfile"))
-    assert "'.[train]'" in installs
+    # Training and the teacher (train), onnxruntime's CPU build (cpu), Ray Data (ray).
+    assert "'.[train,cpu,ray]'" in installs
+    extras = dockerfile_extras(REPO / "services/Dockerfile")
+    assert extras == {"train", "cpu", "ray"}
+    # Both onnxruntime builds install the same package and overwrite each other's files.
+    assert len(extras & {"cpu", "gpu"}) == 1
+    assert {"torch", "onnxruntime", "ray"} <= installed_closure(project_requirements(extras))
     assert "--no-deps -r .ci/assets.txt" in installs
     assert "-c .ci/constraints.txt" in installs
     assert SERVICES["batch"]["image"] == SERVICES["build"]["image"]

@@ -252,7 +252,7 @@ REDIS_CLUSTER = {"dev": False, "prod": True}
 
 def settings_classes() -> dict[str, type[BaseSettings]]:
     """Each component's settings by the environment prefix it reads."""
-    from services.batch.job import BatchSettings
+    from services.batch.settings import BatchSettings
     from services.pipeline.rollout import RolloutSettings
 
     return {
@@ -312,21 +312,26 @@ def test_every_redis_client_knows_whether_redis_is_a_cluster(overlay: str) -> No
 def test_every_container_is_non_root_read_only_and_bounded(overlay: str) -> None:
     checked = 0
     for workload, pod in pod_templates(render(overlay)):
-        pod_context = pod["spec"].get("securityContext", {})
         for container in containers(pod):
             where = f"{workload['kind']}/{workload['metadata']['name']}/{container['name']}"
-            context = {**pod_context, **container.get("securityContext", {})}
-            assert context.get("runAsNonRoot") is True, where
-            assert isinstance(context.get("runAsUser"), int) and context["runAsUser"] > 0, where
-            assert context.get("readOnlyRootFilesystem") is True, where
-            assert context.get("allowPrivilegeEscalation") is False, where
-            assert "ALL" in context.get("capabilities", {}).get("drop", []), where
-            assert context.get("seccompProfile", {}).get("type") == "RuntimeDefault", where
-            resources = container.get("resources", {})
-            for bound in ("requests", "limits"):
-                assert {"cpu", "memory"} <= set(resources.get(bound, {})), f"{where} {bound}"
+            assert_hardened_and_bounded(where, pod, container)
             checked += 1
     assert checked >= 2
+
+
+def assert_hardened_and_bounded(where: str, pod: Doc, container: Doc) -> None:
+    """What the `restricted` Pod Security Standard asks of a container (with its pod's
+    security context), and requests and limits of CPU and memory."""
+    context = {**pod["spec"].get("securityContext", {}), **container.get("securityContext", {})}
+    assert context.get("runAsNonRoot") is True, where
+    assert isinstance(context.get("runAsUser"), int) and context["runAsUser"] > 0, where
+    assert context.get("readOnlyRootFilesystem") is True, where
+    assert context.get("allowPrivilegeEscalation") is False, where
+    assert "ALL" in context.get("capabilities", {}).get("drop", []), where
+    assert context.get("seccompProfile", {}).get("type") == "RuntimeDefault", where
+    resources = container.get("resources", {})
+    for bound in ("requests", "limits"):
+        assert {"cpu", "memory"} <= set(resources.get(bound, {})), f"{where} {bound}"
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)

@@ -16,7 +16,7 @@ from tests.integration.conftest import TINY_BUILD_OPTIONS, run_switchyard
 REPORT_KEYS = {
     "teacher": {
         "base_model", "params", "trainable_params", "trainable_fraction",
-        "test_accuracy", "test_macro_f1", "latency_ms_batch1",
+        "test_accuracy", "test_macro_f1", "latency_ms_batch1", "onnx_max_logit_diff",
     },
     "student": {
         "params", "test_accuracy", "test_macro_f1", "agreement_with_teacher", "latency_ms_batch1",
@@ -86,7 +86,7 @@ def test_onnx_fp32_matches_torch_and_int8_tracks_fp32(tiny_build: Path) -> None:
 def test_rerun_reuses_every_stage_and_resumes_a_removed_one(tiny_build: Path) -> None:
     before = json.loads((tiny_build / "report.json").read_text())
     rerun = run_switchyard("models", "build", "--out", str(tiny_build), *TINY_BUILD_OPTIONS)
-    assert rerun.stdout.count("up to date, reused") == 12  # 6 stages x 2 tasks
+    assert rerun.stdout.count("up to date, reused") == 14  # 7 stages x 2 tasks
     assert json.loads((tiny_build / "report.json").read_text()) == before
 
     shutil.rmtree(tiny_build / "work" / "topic" / "onnx")
