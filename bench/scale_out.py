@@ -15,7 +15,8 @@ from typing import Any
 import redis
 
 from bench.load import Call
-from router.client import AsyncRouterClient, Policy, Prediction, Route
+from bench.routes import RoutedCalls, premise
+from router.client import AsyncRouterClient, Route
 from services.contracts.cache_schema import generation_key, prediction_key
 from services.processes.redis_cluster import RedisClusterServers
 from services.stack.router_process import RouterProcess
@@ -24,24 +25,6 @@ from services.triton.server import TritonServer, TritonSettings
 __all__ = ["scale_out"]
 
 Measure = Callable[[str, Call[object], int, list[int]], Awaitable[dict[str, Any]]]
-
-
-class _Routes:
-    """A call that counts the answers that did not come from `route`."""
-
-    def __init__(self, client: AsyncRouterClient, task: str, texts: list[str], route: Route):
-        self.wrong = 0
-        self.answers = 0
-        self._client, self._task, self._texts, self._route = client, task, texts, route
-        self._policy = Policy.AUTO if route is Route.CACHE else Policy.MODEL_ONLY
-
-    async def __call__(self, index: int) -> Prediction:
-        answer = await self._client.predict(
-            self._task, self._texts[index % len(self._texts)], policy=self._policy
-        )
-        self.answers += 1
-        self.wrong += answer.route is not self._route
-        return answer
 
 
 async def scale_out(
@@ -99,11 +82,11 @@ async def scale_out(
                 "two": [t.pid or 0 for t in tritons],
             }
             cache = {
-                name: _Routes(clients[name], task, cached, Route.CACHE)
+                name: RoutedCalls(clients[name], task, cached, Route.CACHE)
                 for name in ("single", "cluster")
             }
             model = {
-                name: _Routes(
+                name: RoutedCalls(
                     clients["single" if name == "one" else "two"], task, unseen, Route.MODEL
                 )
                 for name in ("one", "two")
@@ -143,8 +126,8 @@ async def scale_out(
     def row(name: str, clients_n: int) -> dict[str, Any]:
         return next(r for r in rows if r["path"] == label[name] and r["concurrency"] == clients_n)
 
-    cache_premise = _premise(cache["single"], "cache") or _premise(cache["cluster"], "cache")
-    model_premise = _premise(model["one"], "model") or _premise(model["two"], "model")
+    cache_premise = premise(cache["single"]) or premise(cache["cluster"])
+    model_premise = premise(model["one"]) or premise(model["two"])
     if not model_premise and min(served) == 0:
         model_premise = f"one of the two Tritons ran no inference ({served})"
     ratios += [
@@ -156,15 +139,6 @@ async def scale_out(
          "target": ">= 1.0", "premise": model_premise},
     ]  # fmt: skip
     return {"rows": rows, "ratios": ratios, "inferences_per_replica": served}
-
-
-def _premise(routes: _Routes, route: str) -> str:
-    """Why a row's premise failed; empty when it held."""
-    if routes.answers == 0:
-        return "no answer at all"
-    if routes.wrong:
-        return f"{routes.wrong} of {routes.answers} answers did not come from the {route}"
-    return ""
 
 
 def _copy_generation(

@@ -4,6 +4,8 @@ Each call is bounded by a timeout and guarded by a circuit breaker, so a dead or
 costs at most one timeout per breaker window and the router keeps answering from the model.
 The current generation of each namespace is held in memory: refreshed at once when the batch
 job announces a flip on pub/sub, and by a slow poll in case an announcement was missed.
+Predictions and known misses of the current generations are also kept in memory
+(`router.local_tier`), so hot texts skip Redis altogether.
 
 On a Redis Cluster a batch's keys lie in many slots: they are read with one MGET per slot,
 pipelined per master (redis-py's `mget_nonatomic`), under the same timeout and breaker as the
@@ -16,6 +18,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Iterable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import redis.asyncio as redis
@@ -23,6 +26,7 @@ from redis.exceptions import RedisError
 
 from router.announcements import Announcements
 from router.errors import DependencyUnavailable
+from router.local_tier import LocalTier, NotHeld
 from services.contracts.cache_schema import (
     GENERATIONS_CHANNEL,
     CachedPrediction,
@@ -31,11 +35,11 @@ from services.contracts.cache_schema import (
     legacy_generation_key,
     misses_seen_key,
     misses_stream_key,
-    prediction_key,
+    prediction_key_for_hash,
     text_hash,
 )
 
-__all__ = ["CircuitBreaker", "PredictionCache"]
+__all__ = ["CacheRead", "CircuitBreaker", "PredictionCache"]
 
 _log = logging.getLogger(__name__)
 _CLOSE_WAIT_S = 5.0
@@ -67,6 +71,16 @@ class CircuitBreaker:
         return not self.allow()
 
 
+@dataclass(frozen=True)
+class CacheRead:
+    """One batch read: each text's prediction (None for a miss), how many values were
+    malformed, and how many answers (or known misses) the in-process tier gave."""
+
+    predictions: list[CachedPrediction | None]
+    malformed: int
+    from_tier: int
+
+
 class PredictionCache:
     def __init__(
         self,
@@ -76,8 +90,10 @@ class PredictionCache:
         breaker: CircuitBreaker,
         stream_max_len: int,
         poll_s: float,
+        tier: LocalTier,
     ) -> None:
         self._client = client
+        self._tier = tier
         self._library_error_logged_at = float("-inf")
         self._namespaces = list(namespaces)
         self._timeout_s = timeout_s
@@ -91,6 +107,10 @@ class PredictionCache:
             client, GENERATIONS_CHANNEL, self._announced, self._refresh_quietly
         )
 
+    @property
+    def tier_enabled(self) -> bool:
+        return self._tier.enabled
+
     def generation(self, namespace: str) -> str | None:
         return self._generations.get(namespace)
 
@@ -100,19 +120,27 @@ class PredictionCache:
         return float("nan") if created_at is None else time.time() - created_at
 
     async def _switch(self, namespace: str, generation: str) -> None:
-        """Follow `generation`, and learn when it was made from its meta record."""
-        if self._generations.get(namespace) == generation and namespace in self._created_at:
+        """Follow `generation`, and learn when it was made, and so when its keys expire,
+        from its meta record."""
+        previous = self._generations.get(namespace)
+        if previous == generation and namespace in self._created_at:
             return
-        if self._generations.get(namespace) != generation:
+        if previous != generation:
             self._generations[namespace] = generation
             self._created_at.pop(namespace, None)
-        created_at = await self._call(
-            "HGET meta",
+            if previous is not None:
+                self._tier.retire(namespace, previous)
+        created_at, ttl_seconds = await self._call(
+            "HMGET meta",
             self._timeout_s,
-            self._client.hget(generation_meta_key(namespace, generation), "created_at"),
+            self._client.hmget(
+                generation_meta_key(namespace, generation), ["created_at", "ttl_seconds"]
+            ),
         )
         if created_at is not None and self._generations.get(namespace) == generation:
             self._created_at[namespace] = float(created_at)
+            if ttl_seconds is not None:
+                self._tier.follow(namespace, generation, float(created_at) + float(ttl_seconds))
 
     async def start(self) -> None:
         await self._refresh_quietly()
@@ -198,32 +226,50 @@ class PredictionCache:
         texts: Sequence[str],
         labels: Sequence[str],
         timeout_s: float,
-    ) -> tuple[list[CachedPrediction | None], int]:
-        """`generation`'s prediction for each text (None for a miss), and how many values were
-        malformed: a corrupted value, or a foreign one whose labels are not the task's `labels`,
-        is a miss, never an answer.
+    ) -> CacheRead:
+        """`generation`'s prediction for each text (None for a miss): from the in-process tier
+        where it holds the key, else from Redis. A corrupted value, or a foreign one whose
+        labels are not the task's `labels`, is malformed: a miss, never an answer.
 
         The caller passes the generation it read once, so one request never mixes two
         generations even when a flip lands while it is in flight.
         """
         if not generation:
-            return [None] * len(texts), 0
-        keys = [prediction_key(namespace, generation, text) for text in texts]
-        values = await self._get_all("MGET", keys, timeout_s)
-        predictions: list[CachedPrediction | None] = []
-        malformed = 0
+            return CacheRead([None] * len(texts), 0, 0)
+        digests = [text_hash(text) for text in texts]
+        predictions: list[CachedPrediction | None] = [None] * len(texts)
         expected = set(labels)
-        for value in values:
+        malformed = 0
+        asked: list[int] = []
+        for index, digest in enumerate(digests):
+            held = self._tier.get(namespace, generation, digest)
+            if isinstance(held, NotHeld):
+                asked.append(index)
+            elif held is not None and held.scores.keys() != expected:
+                malformed += 1
+            else:
+                predictions[index] = held
+        from_tier = len(texts) - len(asked)
+        if not asked:
+            return CacheRead(predictions, malformed, from_tier)
+        keys = [prediction_key_for_hash(namespace, generation, digests[i]) for i in asked]
+        values = await self._get_all("MGET", keys, timeout_s)
+        # Kept only while this is still the namespace's generation: a read that outlived a
+        # flip must not fill the tier with a retired generation.
+        current = self._generations.get(namespace) == generation
+        for index, value in zip(asked, values, strict=True):
             try:
                 prediction = None if value is None else CachedPrediction.from_json(value)
             except ValueError:
-                prediction = None
                 malformed += 1
+                continue
             if prediction is not None and prediction.scores.keys() != expected:
-                prediction = None
                 malformed += 1
-            predictions.append(prediction)
-        return predictions, malformed
+                continue
+            predictions[index] = prediction
+            if current:
+                self._tier.put(namespace, generation, digests[index], prediction)
+        return CacheRead(predictions, malformed, from_tier)
 
     async def queue_misses(self, namespace: str, texts: Sequence[str]) -> int:
         """Append texts not queued before to the capped stream of misses; returns how many."""

@@ -37,6 +37,28 @@ class RouterMetrics:
         self.cache_errors = Counter(
             "switchyard_cache_errors", "Cache lookups that failed.", ["task"], registry=registry
         )
+        self.cache_tier_hits = Counter(
+            "switchyard_cache_tier_hits",
+            "Cache reads the router's in-process tier answered (a prediction or a known miss).",
+            ["task"],
+            registry=registry,
+        )
+        self.cache_tier_misses = Counter(
+            "switchyard_cache_tier_misses",
+            "Cache reads the in-process tier did not hold, so Redis was asked.",
+            ["task"],
+            registry=registry,
+        )
+        self.cache_tier_evictions = Counter(
+            "switchyard_cache_tier_evictions",
+            "Entries the in-process tier dropped to make room (least recently used).",
+            registry=registry,
+        )
+        self.cache_tier_entries = Gauge(
+            "switchyard_cache_tier_entries",
+            "Entries in the in-process tier (predictions and known misses).",
+            registry=registry,
+        )
         self.cache_malformed = Counter(
             "switchyard_cache_malformed_values",
             "Cached values that could not be parsed (served as misses).",
@@ -62,6 +84,12 @@ class RouterMetrics:
             "switchyard_model_texts",
             "Texts a student version answered.",
             ["task", "model_version", "role"],
+            registry=registry,
+        )
+        self.model_shared_texts = Counter(
+            "switchyard_model_shared_texts",
+            "Texts answered by another request's model call for the same text (single flight).",
+            ["task"],
             registry=registry,
         )
         self.confidence = Histogram(

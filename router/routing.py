@@ -7,7 +7,7 @@ import asyncio
 import logging
 import random
 import time
-from collections.abc import Coroutine, Sequence
+from collections.abc import Awaitable, Coroutine, Sequence
 from typing import Any, Protocol, TypeVar
 
 from router.answers import Answer, ModelAnswer, Policy, Route, TaskInfo
@@ -16,6 +16,7 @@ from router.errors import CacheMiss, DeadlineExceeded, DependencyUnavailable, In
 from router.metrics import RouterMetrics
 from router.rollout import Serving, StudentModel
 from router.settings import RouterSettings, TaskSettings
+from router.single_flight import SingleFlight
 from services.contracts.cache_schema import CachedPrediction
 
 __all__ = ["Router", "Student"]
@@ -58,6 +59,8 @@ class Router:
         self._metrics = metrics
         self._background: set[asyncio.Task[None]] = set()
         self._shadows_in_flight = 0
+        # Concurrent asks for the same text of the same model version share one call.
+        self._flights: SingleFlight[tuple[str, str, str], ModelAnswer] = SingleFlight()
 
     @property
     def tasks(self) -> dict[str, TaskSettings]:
@@ -145,14 +148,19 @@ class Router:
 
         if policy is not Policy.MODEL_ONLY:
             try:
-                cached, malformed = await self._cache.get_many(
+                read = await self._cache.get_many(
                     settings.cache_namespace,
                     generation,
                     texts,
                     self._student.serving(settings.model).stable.labels,
                     self._remaining(deadline),
                 )
-                self._metrics.cache_malformed.labels(task).inc(malformed)
+                cached = read.predictions
+                if read.malformed:
+                    self._metrics.cache_malformed.labels(task).inc(read.malformed)
+                if generation and self._cache.tier_enabled:
+                    self._metrics.cache_tier_hits.labels(task).inc(read.from_tier)
+                    self._metrics.cache_tier_misses.labels(task).inc(len(texts) - read.from_tier)
                 consulted = generation
             except DependencyUnavailable:
                 self._metrics.cache_errors.labels(task).inc()
@@ -262,8 +270,15 @@ class Router:
     ) -> list[ModelAnswer]:
         """One call of one version, measured by version and role."""
         started = time.perf_counter()
+        remaining = self._remaining(deadline)
+
+        def classify(indices: list[int]) -> Awaitable[list[ModelAnswer]]:
+            return self._student.classify(model, [texts[i] for i in indices], remaining)
+
         try:
-            answers = await self._student.classify(model, texts, self._remaining(deadline))
+            answers, shared = await self._flights.many(
+                [(model.name, model.version, text) for text in texts], classify, remaining
+            )
         except DeadlineExceeded:
             self._metrics.model_calls.labels(task, model.version, role, "deadline").inc()
             raise
@@ -275,6 +290,8 @@ class Router:
             time.perf_counter() - started
         )
         self._metrics.model_texts.labels(task, model.version, role).inc(len(answers))
+        if shared:
+            self._metrics.model_shared_texts.labels(task).inc(shared)
         confidence = self._metrics.confidence.labels(task, model.version, role)
         for answer in answers:
             confidence.observe(answer.score)

@@ -17,6 +17,7 @@ from prometheus_client import CollectorRegistry, start_http_server
 
 from router import contract
 from router.cache import CircuitBreaker, PredictionCache
+from router.local_tier import LocalTier
 from router.metrics import RouterMetrics
 from router.model import StudentClient
 from router.rollout import RolloutRecords
@@ -43,8 +44,16 @@ def _redis_client(settings: RouterSettings) -> "redis.Redis":
     return client
 
 
-def prediction_cache(settings: RouterSettings, tasks: dict[str, TaskSettings]) -> PredictionCache:
+def prediction_cache(
+    settings: RouterSettings, tasks: dict[str, TaskSettings], metrics: RouterMetrics
+) -> PredictionCache:
     """The cache route of these tasks as the settings describe it (not started)."""
+    tier = LocalTier(
+        settings.cache_tier_max_entries,
+        settings.cache_tier_max_age_seconds,
+        on_evict=metrics.cache_tier_evictions.inc,
+    )
+    metrics.cache_tier_entries.set_function(tier.__len__)
     return PredictionCache(
         _redis_client(settings),
         sorted({task.cache_namespace for task in tasks.values()}),
@@ -52,6 +61,7 @@ def prediction_cache(settings: RouterSettings, tasks: dict[str, TaskSettings]) -
         breaker=CircuitBreaker(settings.breaker_failures, settings.breaker_reset_seconds),
         stream_max_len=settings.misses_stream_max_len,
         poll_s=settings.generation_poll_seconds,
+        tier=tier,
     )
 
 
@@ -288,7 +298,7 @@ async def serve(settings: RouterSettings, ready: asyncio.Event | None = None) ->
         # Before the first request: a router started during a rollout serves what it asks.
         await _move_versions(student, records, metrics)
         records.start()
-        cache = prediction_cache(settings, tasks)
+        cache = prediction_cache(settings, tasks, metrics)
         await cache.start()
         resources.push_async_callback(cache.close)
         _export_generation_ages(metrics, cache, tasks)

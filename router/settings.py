@@ -87,6 +87,12 @@ class RouterSettings(RedisSettings, BaseSettings):
     max_concurrent_rpcs: int = Field(1000, gt=0)
     length_buckets: list[int] = Field(default_factory=lambda: [16, 32, 64, 128])
     misses_stream_max_len: int = Field(100_000, gt=0)
+    cache_tier_max_entries: int = Field(
+        100_000, ge=0, description="predictions and known misses kept in memory; 0: off"
+    )
+    cache_tier_max_age_seconds: float = Field(
+        3600.0, gt=0, description="longest an entry is kept (never past its generation's TTL)"
+    )
     generation_poll_seconds: float = Field(30.0, gt=0)
     version_poll_seconds: float = Field(
         1.0, gt=0, description="how often each model's served versions are checked"

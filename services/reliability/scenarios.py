@@ -26,7 +26,7 @@ from tritonclient.utils import InferenceServerException
 
 from router import contract
 from router.client import Policy, RequestError
-from services.contracts.cache_schema import generation_key, prediction_key
+from services.contracts.cache_schema import CachedPrediction, generation_key, prediction_key
 from services.contracts.model_repository import MODEL_FILE, TOKENIZER_FILE, latest_version
 from services.pipeline.rollout import LATEST, Rollouts
 from services.processes.redis_cluster import RedisClusterServers
@@ -122,11 +122,28 @@ def _is_serving(bed: Testbed, timeout_s: float = 15.0) -> bool:
 
 
 def redis_outage(bed: Testbed, corpus: Corpus, mode: str, outage_s: float = 3.0) -> ScenarioResult:
-    """Redis stopped (`mode="stop"`, restarted from its snapshot) or paused with SIGSTOP."""
-    traffic = _traffic(bed, corpus.cached, clients=4, pause_s=0.01).start()
+    """Redis stopped (`mode="stop"`, restarted from its snapshot) or paused with SIGSTOP.
+
+    Hot texts (asked all along) are in the router's in-process tier, which answers them from
+    its copy of the immutable generation while Redis is gone; cold texts (cached in Redis, but
+    first asked when the outage starts) can only be answered by the model until it returns.
+    """
+    client = bed.redis.client()
+    current = client.get(generation_key(bed.task))
+    assert isinstance(current, bytes), "the testbed has no generation"
+    generation = current.decode()
+    cold = [f"cold text {i} {random.random():.6f}: the budget passes" for i in range(16)]
+    labels = {text: corpus.labels[i % len(corpus.labels)] for i, text in enumerate(cold)}
+    for text, label in labels.items():
+        scores = {name: 0.9 if name == label else 0.05 for name in corpus.labels}
+        value = CachedPrediction(label, scores, "teacher-test", "7", time.time()).to_json()
+        client.set(prediction_key(bed.task, generation, text), value, ex=3600)
+    hot = _traffic(bed, corpus.cached, clients=3, pause_s=0.01).start()
+    cold_traffic: Traffic | None = None
     try:
         time.sleep(2.0)
         down = time.monotonic()
+        cold_traffic = _traffic(bed, cold, clients=1, pause_s=0.01).start()
         if mode == "stop":
             bed.redis.stop()
         else:
@@ -140,25 +157,41 @@ def redis_outage(bed: Testbed, corpus: Corpus, mode: str, outage_s: float = 3.0)
         time.sleep(6.0)
     finally:
         bed.redis.pause(False)
-        outcomes = traffic.stop()
-    during = [o for o in outcomes if down + 0.2 <= o.started and o.ended <= back]
-    recovery_s = _first(outcomes, back, lambda o: o.ok and o.routes == ("cache",))
+        hot_outcomes = hot.stop()
+        cold_outcomes = [] if cold_traffic is None else cold_traffic.stop()
+    outcomes = hot_outcomes + cold_outcomes
+
+    def during(of: Sequence[Outcome]) -> list[Outcome]:
+        return [o for o in of if down + 0.2 <= o.started and o.ended <= back]
+
+    recovery_s = _first(cold_outcomes, back, lambda o: o.ok and o.routes == ("cache",))
     settled = [o for o in outcomes if o.started >= back + 5.0]
     codes = _codes(outcomes)
+    tier = bed.router.settings.get("cache_tier_max_entries", 1) != 0
+    hot_during = during(hot_outcomes)
     return ScenarioResult(
         name=f"redis-{mode}",
         fault=f"Redis {'stopped' if mode == 'stop' else 'paused (SIGSTOP)'} for {outage_s:.0f} s "
-        "under cache-route load (4 clients)",
+        "under cache-route load (3 clients on hot texts, 1 on cold ones)",
         sent=len(outcomes),
         codes=codes,
         numbers={
-            "answered by the model during the outage": sum(o.routes == ("model",) for o in during),
-            "cache hits resumed after (s)": recovery_s,
-            "p99 latency during the outage (ms)": _p99_ms(during),
+            "answered by the model during the outage": sum(
+                o.routes == ("model",) for o in during(outcomes)
+            ),
+            "hot texts answered from the in-process tier during the outage": sum(
+                o.routes == ("cache",) for o in hot_during
+            ),
+            "cache hits of cold texts resumed after (s)": recovery_s,
+            "p99 latency during the outage (ms)": _p99_ms(during(outcomes)),
         },
         checks={
             "zero failed requests": codes.get("OK", 0) == len(outcomes),
-            "the model answered during the outage": any(o.routes == ("model",) for o in during),
+            "the model answered cold texts during the outage": any(
+                o.routes == ("model",) for o in during(cold_outcomes)
+            ),
+            "hot texts kept coming from the in-process tier": not tier
+            or (bool(hot_during) and all(o.routes == ("cache",) for o in hot_during)),
             "cache hits resume within 5 s": recovery_s <= 5.0,
             "only cache hits 5 s after Redis returned": bool(settled)
             and all(o.routes == ("cache",) for o in settled),
@@ -771,7 +804,8 @@ def triton_replica_loss(bed: Testbed, corpus: Corpus) -> ScenarioResult:
 
 
 def malformed_cache_values(bed: Testbed, corpus: Corpus) -> ScenarioResult:
-    """Corrupted and foreign values under current keys: misses (model route), counted."""
+    """Corrupted and foreign values under keys of the current generation: misses (model
+    route), counted."""
     client = bed.redis.client()
     generation = client.get(generation_key(bed.task))
     assert isinstance(generation, bytes), "the testbed has no generation"
@@ -784,7 +818,10 @@ def malformed_cache_values(bed: Testbed, corpus: Corpus) -> ScenarioResult:
         b'{"label": "politics", "scores": {"politics": NaN}, "model": "m", "model_version": "1",'
         b' "created_at": 0}',
     ]  # fmt: skip
-    victims = corpus.cached[: len(values)]
+    # Texts no router has asked for: a generation never changes, so a router may hold the
+    # answers of texts it has seen in its in-process tier, and would rightly keep them.
+    nonce = random.random()
+    victims = [f"malformed victim {i} {nonce:.6f}: the budget passes" for i in range(len(values))]
     for text, value in zip(victims, values, strict=True):
         client.set(prediction_key(bed.task, generation.decode(), text), value, ex=3600)
     before = _metric(bed, "switchyard_cache_malformed_values_total", bed.task)

@@ -69,7 +69,9 @@ class Bed:
         """Write a complete generation of `answers` and wait until the router follows it."""
         namespace = self.namespace(task)
         generation = publish_generation(redis_client, namespace, LABELS[task], answers)
-        await until(lambda: self.cache.generation(namespace) == generation)
+        # Announced at once, but a loaded machine (a test load beside a six-node cluster on
+        # two cores) may take seconds to deliver it.
+        await until(lambda: self.cache.generation(namespace) == generation, seconds=15.0)
         return generation
 
     def metric(self, name: str, **labels: str) -> float:
@@ -93,7 +95,7 @@ async def serving(
     registry = CollectorRegistry()
     metrics = RouterMetrics(registry)
     tasks = read_tasks(settings).tasks
-    cache = prediction_cache(settings, tasks)
+    cache = prediction_cache(settings, tasks, metrics)
     await cache.start()
     fake = student if student is not None else FakeStudent()
     router = Router(settings, tasks, cache, fake, metrics)
