@@ -270,14 +270,16 @@ class Router:
     ) -> list[ModelAnswer]:
         """One call of one version, measured by version and role."""
         started = time.perf_counter()
-        remaining = self._remaining(deadline)
 
         def classify(indices: list[int]) -> Awaitable[list[ModelAnswer]]:
+            # The time left when the call is made: a waiter whose shared call failed asks
+            # again with what its own deadline still allows.
+            remaining = self._remaining(deadline)
             return self._student.classify(model, [texts[i] for i in indices], remaining)
 
         try:
             answers, shared = await self._flights.many(
-                [(model.name, model.version, text) for text in texts], classify, remaining
+                [(model.name, model.version, text) for text in texts], classify, deadline
             )
         except DeadlineExceeded:
             self._metrics.model_calls.labels(task, model.version, role, "deadline").inc()

@@ -7,7 +7,6 @@ request's short deadline or failure never becomes another's.
 """
 
 import asyncio
-import math
 from collections.abc import Awaitable, Callable, Hashable, Sequence
 from typing import Generic, TypeVar
 
@@ -27,10 +26,11 @@ class SingleFlight(Generic[K, V]):
         self,
         keys: Sequence[K],
         compute: Callable[[list[int]], Awaitable[list[V]]],
-        timeout_s: float,
+        deadline: float | None,
     ) -> tuple[list[V], int]:
         """The value of each key, and how many came from another caller's computation.
-        `compute(indices)` computes the keys at those positions, in that order."""
+        `compute(indices)` computes the keys at those positions, in that order; waiting for
+        another caller's computation ends by `deadline` (time.monotonic(); None: no limit)."""
         loop = asyncio.get_running_loop()
         values: dict[int, V] = {}
         leading: list[int] = []
@@ -58,7 +58,8 @@ class SingleFlight(Generic[K, V]):
         shared = 0
         for index, future, foreign in waiting:
             try:
-                async with asyncio.timeout(None if math.isinf(timeout_s) else timeout_s):
+                # The loop's clock is time.monotonic(), the deadline's.
+                async with asyncio.timeout_at(deadline):
                     values[index] = await asyncio.shield(future)
                 shared += foreign
             except TimeoutError:
@@ -74,7 +75,7 @@ class SingleFlight(Generic[K, V]):
             retried, shared_again = await self.many(
                 [keys[i] for i in orphans],
                 lambda positions: compute([orphans[p] for p in positions]),
-                timeout_s,
+                deadline,
             )
             values.update(zip(orphans, retried, strict=True))
             shared += shared_again

@@ -220,3 +220,26 @@ def test_no_answer_mixes_generations_while_flips_land_under_load(
         assert bed.metric("switchyard_cache_tier_hits_total", task="topic") > 0
 
     run(redis_server, body)
+
+
+def test_a_waiter_asks_again_only_with_what_its_own_deadline_leaves(
+    redis_server: RedisServer,
+) -> None:
+    unseen = "Prices climb as the match opens"
+
+    async def body(bed: Bed) -> None:
+        leader = asyncio.create_task(bed.client.predict("topic", unseen))
+        await asyncio.sleep(0.05)
+        waiter = await bed.client.predict("topic", unseen, timeout_s=0.8)
+        assert waiter.route == Route.MODEL
+        with pytest.raises(Exception, match="triton is down"):
+            await leader
+        (_, _, _, first), (_, _, _, again) = bed.student.calls
+        # The shared call failed 0.3 s in; the waiter had about 0.55 s of its 0.8 s left.
+        assert first > 4.0 and again < 0.6
+
+    run(
+        redis_server,
+        body,
+        FakeStudent(delay_s=0.3, failures=[DependencyUnavailable("triton is down")]),
+    )
