@@ -768,8 +768,16 @@ def triton_replica_loss(bed: Testbed, corpus: Corpus) -> ScenarioResult:
             triton.start()
         router.start()
         plan = TrafficPlan(bed.task, corpus.uncached, clients=3, policy=Policy.MODEL_ONLY)
-        before = [triton.inference_count(bed.task) for triton in tritons]
+        started = [triton.inference_count(bed.task) for triton in tritons]
         traffic = Traffic(router.address, plan).start()
+        # The spread is measured once the router calls every replica: each joins its
+        # rotation when it reports the model READY, which may take a poll after start-up.
+        deadline = time.monotonic() + 10.0
+        while time.monotonic() < deadline and any(
+            t.inference_count(bed.task) == n for t, n in zip(tritons, started, strict=True)
+        ):
+            time.sleep(0.1)
+        before = [triton.inference_count(bed.task) for triton in tritons]
         time.sleep(4.0)
         spread = [t.inference_count(bed.task) - b for t, b in zip(tritons, before, strict=True)]
         shares = [n / max(sum(spread), 1) for n in spread]
