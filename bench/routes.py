@@ -21,7 +21,7 @@ class RoutedCalls:
         self.routes: Counter[Route] = Counter()
         self.route = route
         self._client, self._task, self._texts = client, task, texts
-        self._policy = {None: Policy.AUTO, Route.CACHE: Policy.AUTO}.get(route, Policy.MODEL_ONLY)
+        self._policy = Policy.MODEL_ONLY if route is Route.MODEL else Policy.AUTO
 
     async def __call__(self, index: int) -> Prediction:
         answer = await self._client.predict(

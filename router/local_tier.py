@@ -87,8 +87,7 @@ class LocalTier:
         """The prediction held for the key, None for a known miss, NOT_HELD for neither."""
         if self._entries is None:
             return NOT_HELD
-        held = self._entries.get((namespace, generation, digest), NOT_HELD)
-        return held
+        return self._entries.get((namespace, generation, digest), NOT_HELD)
 
     def put(
         self, namespace: str, generation: str, digest: str, prediction: CachedPrediction | None

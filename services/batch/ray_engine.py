@@ -108,8 +108,8 @@ class _TeacherWriter:
     def __call__(self, batch: Batch) -> Batch:
         pairs = [(str(d), str(t)) for d, t in zip(batch["digest"], batch["text"], strict=True)]
         absent = set(self._store.missing(self._generation, [digest for digest, _ in pairs]))
-        # Similar lengths in one teacher pass keep padding, and so teacher time, low.
-        todo = sorted((pair for pair in pairs if pair[0] in absent), key=lambda p: len(p[1]))
+        # Unsorted: the labeller batches its texts by length itself.
+        todo = [pair for pair in pairs if pair[0] in absent]
         if todo:
             label_and_write(self._teacher, self._labeller, self._store, self._generation, todo)
         return {"written": np.array([len(todo)]), "resumed": np.array([len(pairs) - len(todo)])}

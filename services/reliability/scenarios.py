@@ -961,8 +961,8 @@ def soak(
     codes = _codes(outcomes)
     # Slots the load generator itself skipped (its cap on requests in flight was reached):
     # never sent, so not the router's failures, but a sign the machine could not keep up.
-    skipped = sum(o.code == "RESOURCE_EXHAUSTED" and o.details == "client" for o in outcomes)
-    sent = [o for o in outcomes if not (o.code == "RESOURCE_EXHAUSTED" and o.details == "client")]
+    sent = [o for o in outcomes if (o.code, o.details) != ("RESOURCE_EXHAUSTED", "client")]
+    skipped = len(outcomes) - len(sent)
     return ScenarioResult(
         name="soak",
         fault=f"{seconds:.0f} s ({warmup_s:.0f} s warm-up), open loop at {load:.0%} of the "
