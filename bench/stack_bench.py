@@ -5,7 +5,8 @@ what a user would deploy instead, in one run, with the server CPU each request c
     (b) the router's cache route, its in-process tier warm, and a router with the tier off
     (c) a direct tritonclient call to the student
     (d) the router's model route               (e) the teacher behind gRPC
-    (f) the student in onnxruntime in-process  (g) 1..64 concurrent clients, and open loop
+    (f) the student in onnxruntime in-process, at its best latency, CPU and throughput
+    (g) 1..64 concurrent clients, and open loop
     (h) the offline batch job's teacher rows/s and Redis keys/s
     (k) an open-loop mix: Zipf-distributed cached texts, and a tail of unseen ones (80/20)
 
@@ -26,6 +27,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -240,7 +242,7 @@ async def _measure(options: BenchOptions, say: Callable[[str], None]) -> dict[st
     model_route = RoutedCalls(router, options.task, unseen, Route.MODEL)
 
     repository = BuildLayout(options.build_dir).model_repository
-    student = StudentClient(stack["triton"].address, repository, 10.0, [16, 32, 64, 128])
+    student = StudentClient(stack["triton"].address, repository, 10.0, [])
     await student.load([options.task])
     served = student.model(options.task)
     _fill_cache(redis_url, options.task, cached, served.labels)
@@ -273,13 +275,27 @@ async def _measure(options: BenchOptions, say: Callable[[str], None]) -> dict[st
     async def raw_get(i: int) -> object:
         return await raw.get(f"bench:floor:{cached[i % len(cached)]}")
 
-    # On CPU, as Triton's KIND_CPU student is: the baseline must run on the same device.
-    onnx = OnnxTextClassifier.of_version(
-        ModelVersion.of(repository, options.task, served.version), provider="cpu"
-    )
+    # On CPU, as Triton's KIND_CPU student is: the baseline must run on the same device, at
+    # its best: onnxruntime's default threads for the lowest latency, one thread for the least
+    # CPU per request, and one single-threaded session called from as many threads as there
+    # are cores for the most requests per second (the compute limit).
+    version = ModelVersion.of(repository, options.task, served.version)
+    onnx = OnnxTextClassifier.of_version(version, provider="cpu")
+    onnx_one_thread = OnnxTextClassifier.of_version(version, threads=1, provider="cpu")
+    cores = os.cpu_count() or 1
+    onnx_pool = ThreadPoolExecutor(cores, thread_name_prefix="onnx-bench")
 
     async def onnx_in_process(i: int) -> object:
         return onnx.logits([unseen[i % len(unseen)]])
+
+    async def onnx_single_thread(i: int) -> object:
+        return onnx_one_thread.logits([unseen[i % len(unseen)]])
+
+    async def onnx_side_by_side(i: int) -> object:
+        text = unseen[i % len(unseen)]
+        return await asyncio.get_running_loop().run_in_executor(
+            onnx_pool, onnx_one_thread.logits, [text]
+        )
 
     rows: list[dict[str, Any]] = []
     seconds = options.seconds
@@ -310,9 +326,13 @@ async def _measure(options: BenchOptions, say: Callable[[str], None]) -> dict[st
             ("(d) router model route", model_route, router_meter),
             ("(e) teacher, onnxruntime + gRPC", teacher_call, _CpuMeter([teacher_pid])),
             ("(f) student, onnxruntime in-process", onnx_in_process, _CpuMeter([])),
+            ("(f1) student in-process, 1 thread", onnx_single_thread, _CpuMeter([])),
         ]
         for name, call, meter in single:
             rows.append(await _phase(name, call, 1, seconds, meter))
+        name = f"(f2) student in-process, {cores} threads x 1-thread session"
+        rows.append(await _phase(name, onnx_side_by_side, cores, seconds, _CpuMeter([])))
+        onnx_pool.shutdown()
         say("closed loop at " + ", ".join(map(str, options.concurrencies)) + " clients")
         sweeps: list[tuple[str, Call[object], _CpuMeter]] = [
             ("(a) floor", floor_call, floor_meter),
@@ -399,7 +419,10 @@ def target_ratios(rows: list[dict[str, Any]], concurrencies: list[int]) -> list[
     floor, cache = _find(rows, "(a) floor", 1), _find(rows, "(b) router cache", 1)
     untiered = _find(rows, "(b0) router cache", 1)
     direct, model = _find(rows, "(c) direct", 1), _find(rows, "(d) router model", 1)
-    teacher, onnx = _find(rows, "(e) teacher", 1), _find(rows, "(f) student", 1)
+    teacher = _find(rows, "(e) teacher", 1)
+    in_process = [r for r in rows if r["path"].startswith(("(f)", "(f1)", "(f2)"))]
+    onnx_cpu = min(in_process, key=lambda r: r["client_cpu_ms_per_call"])
+    onnx_best = max(in_process, key=lambda r: r["throughput_per_s"])
     cache_8, floor_8 = _find(rows, "(b) cache route", 8), _find(rows, "(a) floor", 8)
     models = [r for r in rows if r["path"] == "(d) model route"]
     saturated = max(models, key=lambda r: r["throughput_per_s"])
@@ -420,12 +443,14 @@ def target_ratios(rows: list[dict[str, Any]], concurrencies: list[int]) -> list[
         {"ratio": "model route p50 / direct Triton p50 (d/c)",
          "value": model["p50_ms"] / direct["p50_ms"], "target": "<= 1.15",
          "premise": refused(model)},
-        {"ratio": "server CPU per model-route request / in-process onnxruntime CPU (d/f)",
-         "value": model["server_cpu_ms_per_call"] / onnx["client_cpu_ms_per_call"],
+        {"ratio": "server CPU per model-route request / least in-process onnxruntime CPU "
+                  f"({onnx_cpu['path'][:4]})",
+         "value": model["server_cpu_ms_per_call"] / onnx_cpu["client_cpu_ms_per_call"],
          "target": "<= 1.3", "premise": refused(model)},
         {"ratio": f"model route throughput at saturation ({saturated['concurrency']} clients) "
-                  "/ in-process onnxruntime (d/f)",
-         "value": saturated["throughput_per_s"] / onnx["throughput_per_s"], "target": ">= 0.8",
+                  f"/ best in-process onnxruntime ({onnx_best['path'][:4]})",
+         "value": saturated["throughput_per_s"] / onnx_best["throughput_per_s"],
+         "target": ">= 0.8",
          "premise": refused(saturated)},
         {"ratio": "teacher p50 / model route p50 (e/d)",
          "value": teacher["p50_ms"] / model["p50_ms"], "target": ">= 10",

@@ -1,7 +1,10 @@
 """The model route: the distilled student on Triton, called with tritonclient's asyncio client.
 
-Texts are tokenised here with the `tokenizer.json` of the version Triton serves and padded
-to a few length buckets, so Triton's dynamic batcher can merge requests of equal shape.
+Texts are tokenised here with the `tokenizer.json` of the version Triton serves. Concurrent
+requests' texts for one version share calls (`router.batching`), padded to the call's longest
+text, or to the next of the `length_buckets` when those are set (for GPU instances, where
+Triton's dynamic batcher merges requests of equal shape). Triton's CPU runner trims every row
+back to its own tokens, so on CPU the padding costs nothing.
 """
 
 import asyncio
@@ -15,11 +18,17 @@ from tritonclient.grpc import InferInput
 from tritonclient.utils import InferenceServerException
 
 from router.answers import ModelAnswer
+from router.batching import CallBatcher
 from router.errors import DeadlineExceeded, DependencyUnavailable
 from router.replicas import TritonReplicas
 from router.rollout import Serving
 from services.contracts.model_io import OUTPUT_NAME, TextEncoder, softmax
-from services.contracts.model_repository import ModelVersion, version_dirs
+from services.contracts.model_repository import (
+    CONFIG_FILE,
+    ModelVersion,
+    parse_config,
+    version_dirs,
+)
 from services.contracts.rollout_schema import Rollout
 
 __all__ = ["ServedModel", "StudentClient", "VersionChange"]
@@ -47,14 +56,18 @@ class ServedModel:
     version: str
     labels: list[str]
     encoder: TextEncoder
+    max_batch: int
+    """The most texts one call may carry: the config's max_batch_size."""
 
     @classmethod
     def load(cls, files: ModelVersion) -> "ServedModel":
+        config = parse_config((files.path.parent / CONFIG_FILE).read_text(encoding="utf-8"))
         return cls(
             name=files.model,
             version=files.version,
             labels=files.labels(),
             encoder=TextEncoder.from_file(files.tokenizer_file, files.card().inputs),
+            max_batch=max(1, config.max_batch_size),
         )
 
 
@@ -77,13 +90,18 @@ class StudentClient:
         timeout_s: float,
         buckets: list[int],
         ready_timeout_s: float = 60.0,
+        calls_in_flight: int = 4,
     ) -> None:
+        """`calls_in_flight`: calls of one version open at once per replica; texts that come
+        while all are open share the next call."""
         # A replica that leaves is closed after the longest call it may still hold.
         self.replicas = TritonReplicas(url, _CHANNEL_ARGS, drain_s=timeout_s + 5.0)
         self._repository = repository
         self._timeout_s = timeout_s
         self._buckets = sorted(buckets)
         self._ready_timeout_s = ready_timeout_s
+        self._calls_in_flight = calls_in_flight
+        self._batchers: dict[tuple[str, str], CallBatcher[str, ModelAnswer]] = {}
         self._serving: dict[str, Serving[ServedModel]] = {}
         # Versions whose files did not load: their folder's change time then, and why.
         self._broken: dict[tuple[str, str], tuple[int, str]] = {}
@@ -172,8 +190,15 @@ class StudentClient:
                     del self._unready_since[key]  # no longer wanted: its wait starts anew
             if serving.versions != current.versions:
                 self._serving[name] = serving
+                self._forget_batchers(name, serving)
                 changes.append(VersionChange(name, stable.version, _describe(serving, current)))
         return changes
+
+    def _forget_batchers(self, name: str, serving: Serving[ServedModel]) -> None:
+        """Drop the batchers of versions that no longer serve (their calls in flight end)."""
+        kept = {model.version for model in (serving.stable, serving.candidate) if model}
+        for key in [k for k in self._batchers if k[0] == name and k[1] not in kept]:
+            del self._batchers[key]
 
     async def _ready_versions(self, name: str, versions: Sequence[str]) -> set[str]:
         ready = await asyncio.gather(*(self._version_ready(name, v) for v in versions))
@@ -197,7 +222,7 @@ class StudentClient:
         return all(ready)
 
     def encode(self, model: ServedModel, texts: Sequence[str]) -> list[InferInput]:
-        """The model's inputs for `texts`, padded to a length bucket."""
+        """The model's inputs for `texts`, padded to the longest (or its length bucket)."""
         inputs = []
         for name, array in model.encoder.encode(texts, self._buckets).items():
             tensor = InferInput(name, list(array.shape), "INT64")
@@ -208,7 +233,38 @@ class StudentClient:
     async def classify(
         self, model: ServedModel, texts: Sequence[str], timeout_s: float
     ) -> list[ModelAnswer]:
+        """One answer per text, within `timeout_s` (and the client's Triton timeout)."""
         budget = min(timeout_s, self._timeout_s)
+        if budget <= 0:
+            raise DeadlineExceeded("the deadline ran out before the model could be called")
+        try:
+            async with asyncio.timeout(budget):
+                return await self._batcher(model).submit(list(texts), budget)
+        except TimeoutError:
+            raise DeadlineExceeded(
+                f"the model did not answer within {budget * 1000:.0f} ms"
+            ) from None
+
+    def _batcher(self, model: ServedModel) -> CallBatcher[str, ModelAnswer]:
+        key = (model.name, model.version)
+        batcher = self._batchers.get(key)
+        if batcher is None:
+
+            async def call(texts: list[str], budget: float) -> list[ModelAnswer]:
+                return await self._infer(model, texts, budget)
+
+            batcher = CallBatcher(
+                call,
+                model.max_batch,
+                lambda: self._calls_in_flight * max(1, len(self.replicas.addresses)),
+            )
+            self._batchers[key] = batcher
+        return batcher
+
+    async def _infer(
+        self, model: ServedModel, texts: list[str], budget: float
+    ) -> list[ModelAnswer]:
+        """One Triton call for `texts`."""
         if budget <= 0:
             raise DeadlineExceeded("the deadline ran out before the model could be called")
         try:

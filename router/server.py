@@ -73,6 +73,7 @@ def student_client(settings: RouterSettings) -> StudentClient:
         timeout_s=settings.triton_timeout_ms / 1000,
         buckets=settings.length_buckets,
         ready_timeout_s=settings.version_ready_timeout_seconds,
+        calls_in_flight=settings.model_calls_in_flight,
     )
 
 

@@ -85,7 +85,17 @@ class RouterSettings(RedisSettings, BaseSettings):
     max_batch_texts: int = Field(64, gt=0)
     max_message_bytes: int = Field(4 << 20, gt=0)
     max_concurrent_rpcs: int = Field(1000, gt=0)
-    length_buckets: list[int] = Field(default_factory=lambda: [16, 32, 64, 128])
+    length_buckets: list[int] = Field(
+        default_factory=list,
+        description="token lengths a call is padded up to (e.g. [16, 32, 64, 128] for GPU "
+        "instances, so Triton batches equal shapes); empty: the call's longest text",
+    )
+    model_calls_in_flight: int = Field(
+        4,
+        gt=0,
+        description="calls of one model version open at once per Triton replica; "
+        "texts that come while all are open share the next call",
+    )
     misses_stream_max_len: int = Field(100_000, gt=0)
     cache_tier_max_entries: int = Field(
         100_000, ge=0, description="predictions and known misses kept in memory; 0: off"

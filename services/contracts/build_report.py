@@ -165,8 +165,14 @@ class ServingRecord(_Record):
         min_length=1,
         description="for Triton's dynamic batcher; default 4, 8, 16, ... up to the largest",
     )
+    dynamic_batching: bool = Field(
+        False,
+        description="Triton's dynamic batcher, for GPU instances; on CPU a row costs its tokens "
+        "batched or not, and a batch runs on one instance while another may idle",
+    )
     max_queue_delay_us: int = Field(500, ge=0, description="Triton's dynamic batching delay")
-    instances: int = Field(1, gt=0, description="Triton model instances")
+    instances: int = Field(2, gt=0, description="Triton model instances")
+    threads: int = Field(1, gt=0, description="onnxruntime threads per instance")
     precision: RequestedPrecision = "auto"
 
     def batch_sizes(self) -> list[int]:

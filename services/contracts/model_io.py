@@ -15,10 +15,20 @@ import numpy as np
 import numpy.typing as npt
 from tokenizers import Tokenizer
 
-__all__ = ["INPUT_NAMES", "OUTPUT_NAME", "Inputs", "TextEncoder", "softmax"]
+__all__ = [
+    "INPUT_NAMES",
+    "MASK_NAME",
+    "OUTPUT_NAME",
+    "Inputs",
+    "TextEncoder",
+    "length_groups",
+    "softmax",
+    "token_lengths",
+]
 
 INPUT_NAMES = ("input_ids", "attention_mask", "token_type_ids")
 OUTPUT_NAME = "logits"
+MASK_NAME = "attention_mask"
 Inputs = dict[str, npt.NDArray[np.int64]]
 
 
@@ -76,3 +86,23 @@ def softmax(logits: npt.ArrayLike) -> npt.NDArray[np.float64]:
     shifted = np.exp(values - values.max(axis=-1, keepdims=True))
     probabilities: npt.NDArray[np.float64] = shifted / shifted.sum(axis=-1, keepdims=True)
     return probabilities
+
+
+def token_lengths(attention_mask: npt.NDArray[np.int64]) -> list[int]:
+    """Each row's length up to its last attended token: the padding is on the right, and a
+    row's outputs do not depend on padding its mask hides. A row with no token keeps one."""
+    mask = np.asarray(attention_mask)
+    if mask.shape[1] == 0:
+        return [0] * mask.shape[0]
+    last = mask.shape[1] - np.argmax(mask[:, ::-1] != 0, axis=1)
+    last[~mask.any(axis=1)] = 1
+    return [int(length) for length in last]
+
+
+def length_groups(lengths: Sequence[int]) -> dict[int, list[int]]:
+    """The positions of `lengths` by length, in order: the rows that can run together
+    trimmed to their own tokens."""
+    groups: dict[int, list[int]] = {}
+    for position, length in enumerate(lengths):
+        groups.setdefault(length, []).append(position)
+    return groups

@@ -25,7 +25,6 @@ def student_config(
     input_names: list[str],
     num_labels: int,
     serving: ServingRecord,
-    intra_op_threads: int = 2,
 ) -> Message:
     """Config for a student ONNX model: int64 token inputs of any length, float32 logits,
     batched and replicated as the task's serving settings say."""
@@ -38,10 +37,6 @@ def student_config(
             for input_name in input_names
         ],
         output=[mc.ModelOutput(name=OUTPUT_NAME, data_type=mc.TYPE_FP32, dims=[num_labels])],
-        dynamic_batching=mc.ModelDynamicBatching(
-            preferred_batch_size=serving.batch_sizes(),
-            max_queue_delay_microseconds=serving.max_queue_delay_us,
-        ),
         instance_group=[
             mc.ModelInstanceGroup(count=serving.instances, kind=mc.ModelInstanceGroup.KIND_CPU)
         ],
@@ -51,7 +46,14 @@ def student_config(
             latest=mc.ModelVersionPolicy.Latest(num_versions=SERVED_VERSIONS)
         ),
     )
-    config.parameters["intra_op_thread_count"].string_value = str(intra_op_threads)
+    if serving.dynamic_batching:
+        config.dynamic_batching.CopyFrom(
+            mc.ModelDynamicBatching(
+                preferred_batch_size=serving.batch_sizes(),
+                max_queue_delay_microseconds=serving.max_queue_delay_us,
+            )
+        )
+    config.parameters["intra_op_thread_count"].string_value = str(serving.threads)
     return config
 
 

@@ -19,6 +19,7 @@ import numpy as np
 import numpy.typing as npt
 import triton_python_backend_utils as pb_utils
 
+from services.contracts.model_io import MASK_NAME, length_groups, token_lengths
 from services.contracts.onnx_session import create_session
 
 Arrays = list[npt.NDArray[Any]]
@@ -45,9 +46,15 @@ class TritonPythonModel:
         )
         self._input_names = [tensor["name"] for tensor in config["input"]]
         self._output_names = [tensor["name"] for tensor in config["output"]]
+        # Rows are trimmed to their tokens on CPU only: a GPU runs a padded batch at about
+        # the cost of its longest row, and wants the batch whole.
+        trim = not on_gpu and MASK_NAME in self._input_names
+        self._mask_position = self._input_names.index(MASK_NAME) if trim else None
 
     def execute(self, requests: list[Any]) -> list[Any]:
-        """One onnxruntime run per group of same-shaped requests, one response per request."""
+        """Every row of every request, trimmed of its padding and run with the rows of the same
+        length (on CPU a row costs its tokens, so padding is pure waste; equal lengths still
+        share a run), then one response per request, its rows in their order."""
         inputs = [
             [
                 pb_utils.get_input_tensor_by_name(request, name).as_numpy()
@@ -55,33 +62,56 @@ class TritonPythonModel:
             ]
             for request in requests
         ]
-        groups: dict[tuple[tuple[int, ...], ...], list[int]] = {}
+        outputs, failed = self._run_rows(inputs)
+        responses = []
         for index, arrays in enumerate(inputs):
-            groups.setdefault(tuple(array.shape for array in arrays), []).append(index)
-        responses: list[Any] = [None] * len(requests)
-        for members in groups.values():
-            try:
-                outputs = self._run([inputs[i] for i in members])
-            except Exception:  # isolate the bad request: rerun the members one by one
-                for index in members:
-                    responses[index] = self._respond_alone(inputs[index])
-                continue
-            offset = 0
-            for index in members:
-                rows = inputs[index][0].shape[0]
-                responses[index] = self._response(
-                    [output[offset : offset + rows] for output in outputs]
-                )
-                offset += rows
+            answered = outputs[index]
+            if index in failed or answered is None:
+                # Isolate the bad request: it runs alone, so it fails alone.
+                responses.append(self._respond_alone(arrays))
+            else:
+                responses.append(self._response(answered))
         return responses
 
-    def _run(self, batch: list[Arrays]) -> Arrays:
-        feed = {
-            name: np.concatenate([arrays[position] for arrays in batch])
-            for position, name in enumerate(self._input_names)
-        }
-        outputs: Arrays = self._session.run(self._output_names, feed)
-        return outputs
+    def _run_rows(self, inputs: list[Arrays]) -> tuple[list[Arrays | None], set[int]]:
+        """Each request's outputs, and the requests that could not be run with others (their
+        tensors disagree in shape, or a run holding one of their rows failed)."""
+        rows: list[tuple[int, int]] = []
+        lengths: list[int] = []
+        failed: set[int] = set()
+        for index, arrays in enumerate(inputs):
+            if arrays[0].ndim != 2 or any(array.shape != arrays[0].shape for array in arrays):
+                failed.add(index)
+                continue
+            rows += [(index, row) for row in range(arrays[0].shape[0])]
+            lengths += self._lengths(arrays)
+        outputs: list[Arrays | None] = [None] * len(inputs)
+        for length, members in length_groups(lengths).items():
+            chosen = [rows[member] for member in members]
+            try:
+                feed = {
+                    name: np.stack([inputs[i][position][row, :length] for i, row in chosen])
+                    for position, name in enumerate(self._input_names)
+                }
+                results: Arrays = self._session.run(self._output_names, feed)
+            except Exception:  # onnxruntime raises many types; the requests are rerun alone
+                failed.update(index for index, _ in chosen)
+                continue
+            for offset, (index, row) in enumerate(chosen):
+                answered = outputs[index]
+                if answered is None:
+                    count = inputs[index][0].shape[0]
+                    answered = [np.empty((count, *r.shape[1:]), r.dtype) for r in results]
+                    outputs[index] = answered
+                for output, result in zip(answered, results, strict=True):
+                    output[row] = result[offset]
+        return outputs, failed
+
+    def _lengths(self, arrays: Arrays) -> list[int]:
+        """Each row's tokens before its right padding (the full width without a mask)."""
+        if self._mask_position is None:
+            return [arrays[0].shape[1]] * len(arrays[0])
+        return token_lengths(arrays[self._mask_position])
 
     def _response(self, outputs: Arrays) -> Any:
         tensors = [
@@ -91,8 +121,15 @@ class TritonPythonModel:
         return pb_utils.InferenceResponse(output_tensors=tensors)
 
     def _respond_alone(self, arrays: Arrays) -> Any:
+        shapes = [array.shape for array in arrays]
+        if len(set(shapes)) != 1 or len(shapes[0]) != 2:
+            pairs = zip(self._input_names, shapes, strict=True)
+            names = ", ".join(f"{name} {list(shape)}" for name, shape in pairs)
+            message = f"the inputs of a request must be (rows, tokens) of one shape, got {names}"
+            return pb_utils.InferenceResponse(error=pb_utils.TritonError(message))
         try:
-            return self._response(self._run([arrays]))
+            feed = dict(zip(self._input_names, arrays, strict=True))
+            return self._response(self._session.run(self._output_names, feed))
         except Exception as exc:  # onnxruntime raises many types; all become request errors
             message = f"onnxruntime could not run this request: {exc}"
             return pb_utils.InferenceResponse(error=pb_utils.TritonError(message))

@@ -38,7 +38,9 @@ def test_a_ratio_made_of_a_failed_row_is_refused() -> None:
         row("(c) direct Triton (student)", 1),
         row("(d) router model route", 1),
         row("(e) teacher, onnxruntime + gRPC", 1),
-        row("(f) student, onnxruntime in-process", 1),
+        row("(f) student, onnxruntime in-process", 1, client_cpu_ms_per_call=2.0),
+        row("(f1) student in-process, 1 thread", 1, client_cpu_ms_per_call=0.5),
+        row("(f2) student in-process, 2 threads x 1-thread session", 2, throughput_per_s=300.0),
         row("(a) floor", 8),
         row("(b) cache route", 8),
         row("(d) model route", 1),
@@ -49,7 +51,11 @@ def test_a_ratio_made_of_a_failed_row_is_refused() -> None:
     assert warm["premise"] == "3 of 90 answers did not come from the cache"
     assert ratios["cache route p50, tier off / floor p50 (b0/a)"]["premise"] == ""
     saturated = next(r for name, r in ratios.items() if name.startswith("model route throughput"))
-    assert "(8 clients)" in saturated["ratio"] and saturated["value"] == 1.5
+    # Against the in-process student at its best: the most throughput, the least CPU.
+    assert "(8 clients)" in saturated["ratio"] and saturated["value"] == 0.5
+    assert "(f2)" in saturated["ratio"]
+    cpu = next(r for name, r in ratios.items() if name.startswith("server CPU"))
+    assert "(f1)" in cpu["ratio"] and cpu["value"] == 2.0
 
 
 def test_the_mix_draws_the_head_by_rank_and_the_tail_evenly() -> None:

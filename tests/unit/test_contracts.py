@@ -22,7 +22,7 @@ from services.contracts.build_report import (
     TeacherReport,
     TeacherTraining,
 )
-from services.contracts.model_io import TextEncoder, softmax
+from services.contracts.model_io import TextEncoder, length_groups, softmax, token_lengths
 from services.contracts.model_repository import (
     CONFIG_FILE,
     ModelCard,
@@ -78,6 +78,18 @@ def test_encode_pads_on_the_right_to_the_longest_text_without_buckets() -> None:
     ]
     assert arrays["attention_mask"].dtype == np.int64
     assert arrays["attention_mask"].tolist() == [[1, 1, 1], [1, 0, 0], [1, 1, 0]]
+
+
+def test_token_lengths_are_the_tokens_before_the_right_padding() -> None:
+    encoder = TextEncoder(make_tokenizer(), ["input_ids", "attention_mask"])
+    arrays = encoder.encode(["one two three", "four", "five nope"], [8])
+    assert arrays["attention_mask"].shape == (3, 8)
+    lengths = token_lengths(arrays["attention_mask"])
+    assert lengths == [3, 1, 2]
+    # A row with no token keeps one column; a mask with a hole counts to its last token.
+    assert token_lengths(np.array([[0, 0, 0], [1, 0, 1]])) == [1, 3]
+    assert token_lengths(np.zeros((2, 0), dtype=np.int64)) == [0, 0]
+    assert length_groups([3, 1, 3, 2, 1]) == {3: [0, 2], 1: [1, 4], 2: [3]}
 
 
 @pytest.mark.parametrize(

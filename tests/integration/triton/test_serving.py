@@ -2,6 +2,7 @@
 
 import asyncio
 import json
+import shutil
 import time
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
@@ -13,9 +14,10 @@ import tritonclient.grpc as grpcclient
 import tritonclient.grpc.aio as grpcclient_aio
 from tritonclient.utils import InferenceServerException
 
+from services.contracts.model_repository import CONFIG_FILE, parse_config, render_config
 from services.pipeline.datasets import load_splits
 from services.pipeline.onnx_classifier import OnnxTextClassifier
-from services.triton.server import TritonServer
+from services.triton.server import TritonServer, TritonSettings
 
 Inputs = dict[str, np.ndarray]
 
@@ -79,34 +81,60 @@ def test_aio_grpc_equals_onnxruntime_in_process(triton: TritonServer, tiny_build
         np.testing.assert_allclose(logits, classifier.logits([text]), atol=1e-5)
 
 
-def test_dynamic_batching_merges_concurrent_requests(
-    triton: TritonServer, tiny_build: Path
-) -> None:
+def test_padded_rows_answer_as_each_text_alone(triton: TritonServer, tiny_build: Path) -> None:
+    """The CPU runner trims every row to its tokens and runs equal lengths together: a call
+    padded far past its longest text, mixing lengths, answers each row as the text alone."""
+    classifier = _classifier(tiny_build, "topic")
+    texts = _texts(tiny_build, "topic", 8)
+    alone = np.concatenate([classifier.logits([text]) for text in texts])
+    padded = {
+        name: np.pad(array, ((0, 0), (0, 40))) for name, array in classifier.encode(texts).items()
+    }
+    result = _client(triton).infer("topic", _triton_inputs(padded))
+    np.testing.assert_allclose(result.as_numpy("logits"), alone, atol=1e-5)
+
+
+def test_dynamic_batching_merges_concurrent_requests(tiny_build: Path, tmp_path: Path) -> None:
+    """For a task that turns the dynamic batcher on (GPU instances want it), the runner
+    answers a merged batch request by request."""
+    repository = tmp_path / "repository"
+    shutil.copytree(tiny_build / "model_repository" / "sentiment", repository / "sentiment")
+    config_path = repository / "sentiment" / CONFIG_FILE
+    config = parse_config(config_path.read_text(encoding="utf-8"))
+    config.dynamic_batching.max_queue_delay_microseconds = 2000
+    config_path.write_text(render_config(config), encoding="utf-8")
     classifier = _classifier(tiny_build, "sentiment")
-    inputs = _triton_inputs(classifier.encode(["the same shape for everyone"]))
+    texts = _texts(tiny_build, "sentiment", 4)
+    server = TritonServer(TritonSettings.on_free_ports(repository))
+    server.start()
+    try:
 
-    def statistics() -> tuple[int, int]:
-        stats = _client(triton).get_inference_statistics("sentiment", as_json=True)
-        model = stats["model_stats"][0]
-        return int(model.get("inference_count", 0)), int(model.get("execution_count", 0))
+        def statistics() -> tuple[int, int]:
+            stats = _client(server).get_inference_statistics("sentiment", as_json=True)
+            model = stats["model_stats"][0]
+            return int(model.get("inference_count", 0)), int(model.get("execution_count", 0))
 
-    inferences_before, executions_before = statistics()
+        def send(index: int) -> None:
+            client = _client(server)
+            text = texts[index % len(texts)]
+            for _ in range(12):
+                logits = client.infer("sentiment", _triton_inputs(classifier.encode([text])))
+                np.testing.assert_allclose(
+                    logits.as_numpy("logits"), classifier.logits([text]), atol=1e-5
+                )
 
-    def send(_: int) -> None:
-        client = _client(triton)
-        for _ in range(12):
-            client.infer("sentiment", inputs)
-
-    with ThreadPoolExecutor(16) as pool:
-        list(pool.map(send, range(16)))
-    # Triton updates its statistics just after it answers: give the last requests a moment.
-    deadline = time.monotonic() + 5
-    inferences, executions = statistics()
-    while inferences - inferences_before < 16 * 12 and time.monotonic() < deadline:
-        time.sleep(0.05)
+        with ThreadPoolExecutor(16) as pool:
+            list(pool.map(send, range(16)))
+        # Triton updates its statistics just after it answers: give the last ones a moment.
+        deadline = time.monotonic() + 5
         inferences, executions = statistics()
-    assert inferences - inferences_before == 16 * 12
-    assert executions - executions_before < inferences - inferences_before
+        while inferences < 16 * 12 and time.monotonic() < deadline:
+            time.sleep(0.05)
+            inferences, executions = statistics()
+        assert inferences == 16 * 12
+        assert executions < inferences
+    finally:
+        server.stop()
 
 
 def test_prometheus_metrics_endpoint(triton: TritonServer) -> None:
@@ -154,8 +182,12 @@ def test_bad_requests_get_clear_errors_and_the_server_keeps_serving(
 
     mismatched = dict(good)
     mismatched["attention_mask"] = np.ones((1, good["input_ids"].shape[1] + 3), dtype=np.int64)
-    with pytest.raises(InferenceServerException, match="onnxruntime could not run this request"):
+    with pytest.raises(InferenceServerException, match=r"must be \(rows, tokens\) of one shape"):
         client.infer("topic", _triton_inputs(mismatched))
+    out_of_vocabulary = dict(good)
+    out_of_vocabulary["input_ids"] = np.full_like(good["input_ids"], 10**9)
+    with pytest.raises(InferenceServerException, match="onnxruntime could not run this request"):
+        client.infer("topic", _triton_inputs(out_of_vocabulary))
 
     result = client.infer("topic", _triton_inputs(good))
     assert result.as_numpy("logits").shape == (1, 5)

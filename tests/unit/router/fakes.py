@@ -21,7 +21,15 @@ from router.answers import ModelAnswer
 from router.errors import DependencyUnavailable, RouterError
 from router.rollout import Serving
 from services.contracts.build_report import ServingRecord
-from services.contracts.model_repository import CARD_FILE, LABELS_FILE, TOKENIZER_FILE, ModelCard
+from services.contracts.model_repository import (
+    CARD_FILE,
+    CONFIG_FILE,
+    LABELS_FILE,
+    TOKENIZER_FILE,
+    ModelCard,
+    render_config,
+)
+from services.pipeline.repository import student_config
 
 TOPIC_LABELS = ["business", "entertainment", "politics", "sports", "tech"]
 SENTIMENT_LABELS = ["negative", "neutral", "positive"]
@@ -106,7 +114,8 @@ def write_model_repository(
     tokenizer.enable_padding(pad_id=0, pad_token="[PAD]")
     for task, labels in labels_of.items():
         (root / task).mkdir(parents=True)
-        (root / task / "config.pbtxt").write_text(f'name: "{task}"\n', encoding="utf-8")
+        config = student_config(task, ["input_ids", "attention_mask"], len(labels), ServingRecord())
+        (root / task / CONFIG_FILE).write_text(render_config(config), encoding="utf-8")
         for version in versions:
             folder = root / task / version
             folder.mkdir()

@@ -2,6 +2,7 @@
 which version it serves, how texts become tensors, and how Triton's failures become domain
 errors (a deadline by its status code, never by the words of a message)."""
 
+import asyncio
 import shutil
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -69,6 +70,42 @@ def test_answers_come_from_the_served_logits(tmp_path: Path) -> None:
             assert list(answer.scores.values()) == pytest.approx(list(row))
         assert await student.is_ready(["topic", "sentiment"])
         assert not await student.is_ready(["weather"])
+
+    run(tmp_path, body)
+
+
+def test_a_request_over_the_models_max_batch_is_split_and_keeps_its_order(
+    tmp_path: Path,
+) -> None:
+    """The config's max_batch_size (32) bounds every call: Triton refuses a bigger batch."""
+    words = ["oil", "prices", "climb", "the", "film", "opens", "a", "match"]
+    texts = [" ".join(words[: 1 + i % len(words)]) for i in range(70)]
+
+    async def body(triton: FakeTriton, student: StudentClient) -> None:
+        model = student.model("sentiment")
+        assert model.max_batch == 32
+        answers = await student.classify(model, texts, timeout_s=5.0)
+        assert [r.inputs[0].shape[0] for r in triton.requests] == [32, 32, 6]
+        alone = [await student.classify(model, [text], timeout_s=5.0) for text in texts]
+        assert answers == [answer for (answer,) in alone]
+
+    run(tmp_path, body)
+
+
+def test_concurrent_requests_share_calls_once_every_slot_is_busy(tmp_path: Path) -> None:
+    async def body(triton: FakeTriton, student: StudentClient) -> None:
+        triton.delay_s = 0.05
+        model = student.model("topic")
+        texts = [f"oil {'prices ' * (i % 3)}climb" for i in range(40)]
+        answers = await asyncio.gather(
+            *(student.classify(model, [text], timeout_s=5.0) for text in texts)
+        )
+        # Four calls in flight per replica: the first four texts leave alone, the other 36
+        # wait for the next free slots and leave together.
+        assert 4 < len(triton.requests) <= 12
+        triton.delay_s = 0.0
+        for text, (answer,) in zip(texts, answers, strict=True):
+            assert [answer] == await student.classify(model, [text], timeout_s=5.0)
 
     run(tmp_path, body)
 
