@@ -80,8 +80,8 @@ def own_build(tmp_path_factory: pytest.TempPathFactory) -> Path:
         "data: {file: crows.csv, text_field: sentence, label_field: bias, labels: [religion, age, "
         "gender]}\n"
         "student: {teacher_layers: 2}\n"
-        "serving: {max_batch_size: 8, instances: 2, confidence_threshold: 0.7, "
-        "max_text_length: 300, precision: fp32}\n"
+        "serving: {max_batch_size: 8, instances: 3, threads: 2, dynamic_batching: true, "
+        "confidence_threshold: 0.7, max_text_length: 300, precision: fp32}\n"
         "bias_probe: {templates: templates.txt, descriptors_per_group: 2}\n"
         "prompts: {instruction: 'Which bias does the text show: {labels}?',\n"
         "          few_shot_pool: false}\n",
@@ -103,7 +103,7 @@ def test_the_manifest_lists_each_task_with_its_labels_model_and_serving(own_buil
     assert (local.model, local.version, local.labels) == ("bias-local", "1", LABELS)
     assert layers.labels == ["religion", "age", "gender"]  # the task file's order
     assert local.split_sizes == {"train": 80, "validation": 24, "test": 24}
-    assert (layers.serving.max_batch_size, layers.serving.instances) == (8, 2)
+    assert (layers.serving.max_batch_size, layers.serving.instances) == (8, 3)
     assert layers.serving.confidence_threshold == 0.7
     assert layers.served_precision == "fp32"
     assert layers.prompt.instruction == "Which bias does the text show: {labels}?"
@@ -121,7 +121,12 @@ def test_the_model_repository_serves_what_the_task_files_say(own_build: Path) ->
     config = parse_config((repository / "bias-layers" / "config.pbtxt").read_text())
     assert config.max_batch_size == 8
     assert list(config.dynamic_batching.preferred_batch_size) == [4, 8]
-    assert config.instance_group[0].count == 2
+    assert config.instance_group[0].count == 3
+    assert config.parameters["intra_op_thread_count"].string_value == "2"
+    # A task that says nothing about serving gets two single-threaded instances, unbatched.
+    default = parse_config((repository / "bias-local" / "config.pbtxt").read_text())
+    assert not default.HasField("dynamic_batching")
+    assert default.instance_group[0].count == 2
     files = latest_version(repository, "bias-layers")
     card = files.card()
     assert card.serving is not None and card.serving.max_text_length == 300

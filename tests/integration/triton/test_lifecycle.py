@@ -102,6 +102,22 @@ def test_new_version_is_served_without_restart_and_broken_one_never_is(
     np.testing.assert_allclose(_infer(private_triton, topic_repository), expected, atol=1e-5)
 
 
+def test_a_served_version_is_not_loaded_again(
+    private_triton: TritonServer, topic_repository: Path
+) -> None:
+    """Nothing the backend stub writes into a version's folder (its bytecode cache did) makes
+    the repository poll load the model again: a reload costs new sessions and resets its
+    statistics. Triton loads the model once at start, and once more, with both versions,
+    when the second version arrives."""
+    _infer(private_triton, topic_repository)
+    time.sleep(2.5)  # five of Triton's repository polls
+    shutil.copytree(topic_repository / "topic" / "1", topic_repository / "topic" / "2")
+    assert _wait_until(lambda: _sync_and_ready(private_triton, "2"))
+    time.sleep(2.5)
+    loads = [line for line in private_triton.log_text().splitlines() if '"loading: topic:' in line]
+    assert sorted(line.rsplit(":", 1)[1] for line in loads) == ['1"', '1"', '2"']
+
+
 def test_response_cache_answers_repeated_requests(
     private_triton: TritonServer, topic_repository: Path
 ) -> None:
