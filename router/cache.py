@@ -207,16 +207,19 @@ class PredictionCache:
     async def _get_all(
         self, operation: str, keys: list[str], timeout_s: float | None = None
     ) -> list[bytes | None]:
-        """The values of `keys` (None where absent): one MGET, or one per slot on a cluster."""
+        """The values of `keys` (None where absent): one GET or MGET, or one MGET per slot on
+        a cluster."""
         client = self._client
+        timeout_s = self._timeout_s if timeout_s is None else timeout_s
+        if len(keys) == 1:  # a GET: cheaper for redis-py to send and parse than an MGET
+            value: bytes | None = await self._call(operation, timeout_s, client.get(keys[0]))
+            return [value]
         read = (
             client.mget_nonatomic(keys)
             if isinstance(client, redis.RedisCluster)
             else client.mget(keys)
         )
-        values: list[bytes | None] = await self._call(
-            operation, self._timeout_s if timeout_s is None else timeout_s, read
-        )
+        values: list[bytes | None] = await self._call(operation, timeout_s, read)
         return values
 
     async def get_many(

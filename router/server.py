@@ -39,7 +39,13 @@ def _redis_client(settings: RouterSettings) -> "redis.Redis":
     """A client of the router's Redis (a cluster client when `redis_cluster`)."""
     connect_timeout = max(settings.redis_timeout_ms / 1000, 0.5)
     client: redis.Redis = async_client(
-        settings, cluster=settings.redis_cluster, socket_connect_timeout=connect_timeout
+        settings,
+        cluster=settings.redis_cluster,
+        socket_connect_timeout=connect_timeout,
+        # Every call the router makes carries its own timeout; redis-py's socket timeout (5 s
+        # by default) would add an asyncio.wait_for task to every command's write and a
+        # timeout to its read, about 25 us of CPU per cache read.
+        socket_timeout=None,
     )
     return client
 
