@@ -133,6 +133,12 @@ class Run:
         latencies = [sample.latency_s * 1000 for sample in samples if sample.ok]
         return cls(latencies, seconds, sum(not sample.ok for sample in samples))
 
+    @classmethod
+    def merged(cls, runs: Sequence["Run"]) -> "Run":
+        """One run of several, as if back to back: their calls, seconds and errors summed."""
+        latencies = [latency for run in runs for latency in run.latencies_ms]
+        return cls(latencies, sum(run.seconds for run in runs), sum(run.errors for run in runs))
+
     @property
     def throughput(self) -> float:
         return len(self.latencies_ms) / self.seconds if self.seconds else 0.0

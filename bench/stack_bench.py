@@ -11,7 +11,9 @@ what a user would deploy instead, in one run, with the server CPU each request c
     (k) an open-loop mix: Zipf-distributed cached texts, and a tail of unseen ones (80/20)
 
 Every phase runs for a fixed time; the client shares the machine's cores with the servers, so
-server CPU per request (from /proc, via psutil) is reported beside the latencies. The bench
+server CPU per request (from /proc, via psutil) is reported beside the latencies. Rows that a
+ratio compares (the batch-1 paths; each concurrency of the sweep) are measured in alternating
+rounds, so a baseline and its subject see the same drift of a shared machine's speed. The bench
 writes the cache entries it needs into the stack's current generation (only keys it lacks),
 and every router row counts which route answered: a ratio whose premise failed (a
 "cache route" row the model answered) is reported as refused.
@@ -98,6 +100,11 @@ class BenchOptions:
         return 1.5 if self.quick else 8.0
 
     @property
+    def rounds(self) -> int:
+        """Alternating rounds of the rows that are compared with each other."""
+        return 2 if self.quick else 4
+
+    @property
     def concurrencies(self) -> list[int]:
         return [1, 8] if self.quick else [1, 8, 32, 64]
 
@@ -160,6 +167,31 @@ def _predict(client: AsyncRouterClient, task: str, texts: list[str]) -> Call[obj
         return await client.predict(task, texts[index % len(texts)])
 
     return call
+
+
+Phase = tuple[str, Call[object], _CpuMeter, int]  # name, call, meter, clients
+
+
+async def _interleaved(phases: list[Phase], seconds: float, rounds: int) -> list[dict[str, Any]]:
+    """Rows of phases that are compared with each other, measured in `rounds` alternating
+    rounds of `seconds / rounds` each: on a shared machine whose speed drifts, a baseline and
+    the path measured against it see the same drift."""
+    for _, call, _, _ in phases:
+        if isinstance(call, RoutedCalls):
+            call.reset()
+    runs: dict[str, list[Run]] = {name: [] for name, _, _, _ in phases}
+    cpu = dict.fromkeys(runs, 0.0)
+    client_cpu = dict.fromkeys(runs, 0.0)
+    for _ in range(rounds):
+        for name, call, meter, clients in phases:
+            server_before, client_before = meter.seconds(), time.process_time()
+            runs[name].append(await closed_loop(call, clients, seconds / rounds))
+            cpu[name] += meter.seconds() - server_before
+            client_cpu[name] += time.process_time() - client_before
+    return [
+        _checked(_row(name, clients, Run.merged(runs[name]), cpu[name], client_cpu[name]), call)
+        for name, call, _, clients in phases
+    ]
 
 
 async def _phase(
@@ -282,8 +314,7 @@ async def _measure(options: BenchOptions, say: Callable[[str], None]) -> dict[st
     version = ModelVersion.of(repository, options.task, served.version)
     onnx = OnnxTextClassifier.of_version(version, provider="cpu")
     onnx_one_thread = OnnxTextClassifier.of_version(version, threads=1, provider="cpu")
-    cores = os.cpu_count() or 1
-    onnx_pool = ThreadPoolExecutor(cores, thread_name_prefix="onnx-bench")
+    onnx_pool = ThreadPoolExecutor(os.cpu_count() or 1, thread_name_prefix="onnx-bench")
 
     async def onnx_in_process(i: int) -> object:
         return onnx.logits([unseen[i % len(unseen)]])
@@ -316,22 +347,22 @@ async def _measure(options: BenchOptions, say: Callable[[str], None]) -> dict[st
         floor_call = _predict(floor, options.task, cached)
         teacher_call = _predict(teacher, options.task, unseen)
         floor_meter = _CpuMeter([floor_pid, stack["redis"].pid])
-        say("batch-1 latency of every path")
-        single: list[tuple[str, Call[object], _CpuMeter]] = [
-            ("redis GET (raw)", raw_get, _CpuMeter([stack["redis"].pid])),
-            ("(a) floor: grpc.aio + Redis GET", floor_call, floor_meter),
-            ("(b) router cache route, tier warm", cache_route, router_meter),
-            ("(b0) router cache route, tier off", tier_off_route, tier_off_meter),
-            ("(c) direct Triton (student)", direct_triton, triton_meter),
-            ("(d) router model route", model_route, router_meter),
-            ("(e) teacher, onnxruntime + gRPC", teacher_call, _CpuMeter([teacher_pid])),
-            ("(f) student, onnxruntime in-process", onnx_in_process, _CpuMeter([])),
-            ("(f1) student in-process, 1 thread", onnx_single_thread, _CpuMeter([])),
-        ]
-        for name, call, meter in single:
-            rows.append(await _phase(name, call, 1, seconds, meter))
-        name = f"(f2) student in-process, {cores} threads x 1-thread session"
-        rows.append(await _phase(name, onnx_side_by_side, cores, seconds, _CpuMeter([])))
+        say("batch-1 latency of every path, in alternating rounds")
+        cores = os.cpu_count() or 1
+        single: list[Phase] = [
+            ("redis GET (raw)", raw_get, _CpuMeter([stack["redis"].pid]), 1),
+            ("(a) floor: grpc.aio + Redis GET", floor_call, floor_meter, 1),
+            ("(b) router cache route, tier warm", cache_route, router_meter, 1),
+            ("(b0) router cache route, tier off", tier_off_route, tier_off_meter, 1),
+            ("(c) direct Triton (student)", direct_triton, triton_meter, 1),
+            ("(d) router model route", model_route, router_meter, 1),
+            ("(e) teacher, onnxruntime + gRPC", teacher_call, _CpuMeter([teacher_pid]), 1),
+            ("(f) student, onnxruntime in-process", onnx_in_process, _CpuMeter([]), 1),
+            ("(f1) student in-process, 1 thread", onnx_single_thread, _CpuMeter([]), 1),
+            (f"(f2) student in-process, {cores} threads x 1-thread session",
+             onnx_side_by_side, _CpuMeter([]), cores),
+        ]  # fmt: skip
+        rows += await _interleaved(single, seconds, options.rounds)
         onnx_pool.shutdown()
         say("closed loop at " + ", ".join(map(str, options.concurrencies)) + " clients")
         sweeps: list[tuple[str, Call[object], _CpuMeter]] = [
@@ -339,9 +370,9 @@ async def _measure(options: BenchOptions, say: Callable[[str], None]) -> dict[st
             ("(b) cache route", cache_route, router_meter),
             ("(d) model route", model_route, router_meter),
         ]
-        for name, call, meter in sweeps:
-            for concurrency in options.concurrencies:
-                rows.append(await _phase(name, call, concurrency, seconds, meter))
+        for concurrency in options.concurrencies:
+            phases = [(name, call, meter, concurrency) for name, call, meter in sweeps]
+            rows += await _interleaved(phases, seconds, options.rounds)
         rows.append(
             await _phase("(b0) cache route, tier off", tier_off_route, 8, seconds, tier_off_meter)
         )

@@ -286,3 +286,11 @@ def test_open_loop_helper_fails_what_is_unanswered_after_the_drain() -> None:
     assert time.monotonic() - started < 5
     assert run.throughput == 0.0
     assert run.errors == len(server.indices) > 0
+
+
+def test_merged_runs_add_up_as_if_back_to_back() -> None:
+    merged = Run.merged([Run([1.0, 3.0], 2.0, 1), Run([2.0], 1.0, 0)])
+    assert sorted(merged.latencies_ms) == [1.0, 2.0, 3.0]
+    assert (merged.seconds, merged.errors) == (3.0, 1)
+    assert merged.throughput == 1.0
+    assert merged.summary()["p50_ms"] == 2.0
