@@ -36,8 +36,11 @@ from services.contracts.cache_schema import (
     misses_seen_key,
     misses_stream_key,
     prediction_key_for_hash,
+    quality_record_key,
+    quality_samples_key,
     text_hash,
 )
+from services.contracts.quality_schema import QualityRecord, QualitySample
 
 __all__ = ["CacheRead", "CircuitBreaker", "PredictionCache"]
 
@@ -91,8 +94,10 @@ class PredictionCache:
         stream_max_len: int,
         poll_s: float,
         tier: LocalTier,
+        samples_max_len: int = 10_000,
     ) -> None:
         self._client = client
+        self._samples_max_len = samples_max_len
         self._tier = tier
         self._library_error_logged_at = float("-inf")
         self._namespaces = list(namespaces)
@@ -296,6 +301,33 @@ class PredictionCache:
                 )
                 queued += 1
         return queued
+
+    async def record_samples(self, namespace: str, samples: Sequence[QualitySample]) -> None:
+        """Append sampled model-route answers to the namespace's capped stream of them."""
+        for sample in samples:
+            await self._call(
+                "XADD",
+                self._timeout_s,
+                self._client.xadd(
+                    quality_samples_key(namespace),
+                    sample.to_fields(),  # type: ignore[arg-type]
+                    maxlen=self._samples_max_len,
+                    approximate=True,
+                ),
+            )
+
+    async def quality_record(self, namespace: str) -> QualityRecord | None:
+        """The namespace's last quality scoring; None when there is none (or none readable)."""
+        raw = await self._call(
+            "GET quality", self._timeout_s * 4, self._client.get(quality_record_key(namespace))
+        )
+        if raw is None:
+            return None
+        try:
+            return QualityRecord.from_json(raw)
+        except ValueError as exc:
+            _log.warning("ignoring the quality record of %s: %s", namespace, exc)
+            return None
 
     async def ping(self) -> bool:
         try:

@@ -3,6 +3,8 @@ the few model versions a router serves in its lifetime."""
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from services.contracts.quality_schema import QualityRecord
+
 __all__ = ["RouterMetrics"]
 
 # Sub-millisecond buckets for the cache route, up to seconds for a loaded model route.
@@ -111,6 +113,39 @@ class RouterMetrics:
             ["task"],
             registry=registry,
         )
+        self.quality_samples = Counter(
+            "switchyard_quality_samples",
+            "Model-route answers recorded for scoring against the teacher.",
+            ["task"],
+            registry=registry,
+        )
+        versioned = ["task", "model_version"]
+        self.quality_agreement = Gauge(
+            "switchyard_quality_student_agreement",
+            "Share of the sampled model-route answers the teacher agreed with, at the last "
+            "`switchyard quality score`.",
+            versioned,
+            registry=registry,
+        )
+        self.quality_agreement_low = Gauge(
+            "switchyard_quality_student_agreement_low",
+            "Lower end of that share's 95% Wilson interval.",
+            versioned,
+            registry=registry,
+        )
+        self.quality_agreement_high = Gauge(
+            "switchyard_quality_student_agreement_high",
+            "Upper end of that share's 95% Wilson interval.",
+            versioned,
+            registry=registry,
+        )
+        self.quality_scored_samples = Gauge(
+            "switchyard_quality_scored_samples",
+            "Sampled answers the last scoring judged.",
+            versioned,
+            registry=registry,
+        )
+        self._quality_shown: dict[str, set[str]] = {}
         self.misses_queued = Counter(
             "switchyard_misses_queued",
             "Low-confidence texts queued for the next offline run.",
@@ -159,3 +194,22 @@ class RouterMetrics:
             ["dependency"],
             registry=registry,
         )
+
+    def show_quality(self, task: str, record: QualityRecord | None) -> None:
+        """Export the task's last quality record (versions it no longer holds disappear)."""
+        versions = {} if record is None else {v.model_version: v for v in record.versions}
+        gauges = (
+            self.quality_agreement,
+            self.quality_agreement_low,
+            self.quality_agreement_high,
+            self.quality_scored_samples,
+        )
+        for gone in self._quality_shown.get(task, set()) - set(versions):
+            for gauge in gauges:
+                gauge.remove(task, gone)
+        for version, agreement in versions.items():
+            low, high = agreement.interval
+            values = (agreement.agreement, low, high, agreement.samples)
+            for gauge, value in zip(gauges, values, strict=True):
+                gauge.labels(task, version).set(value)
+        self._quality_shown[task] = set(versions)

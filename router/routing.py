@@ -18,6 +18,7 @@ from router.rollout import Serving, StudentModel
 from router.settings import RouterSettings, TaskSettings
 from router.single_flight import SingleFlight
 from services.contracts.cache_schema import CachedPrediction
+from services.contracts.quality_schema import QualitySample
 
 __all__ = ["Router", "Student"]
 
@@ -200,6 +201,7 @@ class Router:
                     unsure.append(texts[index])
             if unsure:
                 self._queue_misses(task, settings.cache_namespace, unsure)
+            self._sample(task, settings.cache_namespace, [texts[i] for i in missing], answered)
         return [answer for answer in answers if answer is not None]
 
     def _remaining(self, deadline: float | None) -> float:
@@ -356,6 +358,37 @@ class Router:
             self._metrics.misses_queued.labels(task).inc(queued)
 
         self._run_in_background(queue())
+
+    def _sample(
+        self,
+        task: str,
+        namespace: str,
+        texts: Sequence[str],
+        answered: Sequence[tuple[StudentModel, ModelAnswer]],
+    ) -> None:
+        """Record a `quality_sample_rate` share of the model's answers, off the request path,
+        for `switchyard quality score` to compare with the teacher's."""
+        rate = self._settings.quality_sample_rate
+        if rate <= 0.0:
+            return
+        now = time.time()
+        samples = [
+            QualitySample(text, answer.label, answer.scores, model.name, model.version, now)
+            for text, (model, answer) in zip(texts, answered, strict=True)
+            if random.random() < rate
+        ]
+        if not samples:
+            return
+
+        async def record() -> None:
+            try:
+                await self._cache.record_samples(namespace, samples)
+            except DependencyUnavailable as exc:
+                _log.warning("could not record %d samples of task %s: %s", len(samples), task, exc)
+                return
+            self._metrics.quality_samples.labels(task).inc(len(samples))
+
+        self._run_in_background(record())
 
     def _run_in_background(self, work: Coroutine[Any, Any, None]) -> None:
         job = asyncio.create_task(work)

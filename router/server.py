@@ -17,6 +17,7 @@ from prometheus_client import CollectorRegistry, start_http_server
 
 from router import contract
 from router.cache import CircuitBreaker, PredictionCache
+from router.errors import DependencyUnavailable
 from router.local_tier import LocalTier
 from router.metrics import RouterMetrics
 from router.model import StudentClient
@@ -66,6 +67,7 @@ def prediction_cache(
         timeout_s=settings.redis_timeout_ms / 1000,
         breaker=CircuitBreaker(settings.breaker_failures, settings.breaker_reset_seconds),
         stream_max_len=settings.misses_stream_max_len,
+        samples_max_len=settings.quality_samples_max_len,
         poll_s=settings.generation_poll_seconds,
         tier=tier,
     )
@@ -278,6 +280,19 @@ async def _follow_replicas(settings: RouterSettings, student: StudentClient) -> 
             _log.exception("could not resolve the triton replicas")
 
 
+async def _follow_quality(
+    settings: RouterSettings, router: Router, cache: PredictionCache, metrics: RouterMetrics
+) -> None:
+    """Export each task's last quality record (`switchyard quality score`) as metrics."""
+    while True:
+        for task, task_settings in list(router.tasks.items()):
+            with contextlib.suppress(DependencyUnavailable):
+                metrics.show_quality(
+                    task, await cache.quality_record(task_settings.cache_namespace)
+                )
+        await asyncio.sleep(settings.quality_poll_seconds)
+
+
 async def _cancel(task: "asyncio.Task[None]") -> None:
     task.cancel()
     with contextlib.suppress(asyncio.CancelledError):
@@ -352,6 +367,8 @@ async def serve(settings: RouterSettings, ready: asyncio.Event | None = None) ->
             _follow_versions(settings, student, records, versions_changed, metrics)
         )
         resources.push_async_callback(_cancel, versions_watch)
+        quality_watch = asyncio.create_task(_follow_quality(settings, router, cache, metrics))
+        resources.push_async_callback(_cancel, quality_watch)
         metrics.triton_replicas.set_function(lambda: len(student.replicas.addresses))
         if student.replicas.follows_dns:
             replicas_watch = asyncio.create_task(_follow_replicas(settings, student))

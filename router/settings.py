@@ -97,6 +97,19 @@ class RouterSettings(RedisSettings, BaseSettings):
         "texts that come while all are open share the next call",
     )
     misses_stream_max_len: int = Field(100_000, gt=0)
+    quality_sample_rate: float = Field(
+        0.01,
+        ge=0.0,
+        le=1.0,
+        description="share of model-route answers recorded for "
+        "`switchyard quality score` to compare with the teacher; 0: none",
+    )
+    quality_samples_max_len: int = Field(
+        10_000, gt=0, description="sampled answers kept per namespace (the newest)"
+    )
+    quality_poll_seconds: float = Field(
+        30.0, gt=0, description="how often the quality records are read for the metrics"
+    )
     cache_tier_max_entries: int = Field(
         100_000, ge=0, description="predictions and known misses kept in memory; 0: off"
     )

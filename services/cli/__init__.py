@@ -4,7 +4,17 @@ Triton, the router) happen inside the commands, so `switchyard --help` stays lig
 
 import typer
 
-from services.cli import batch, bench, models, prompts, reliability, router, stack, triton
+from services.cli import (
+    batch,
+    bench,
+    models,
+    prompts,
+    quality,
+    reliability,
+    router,
+    stack,
+    triton,
+)
 
 __all__ = ["app"]
 
@@ -16,6 +26,7 @@ app.add_typer(triton.app, name="triton", rich_help_panel=_PARTS)
 app.add_typer(router.app, name="router", rich_help_panel=_PARTS)
 app.add_typer(batch.app, name="batch", rich_help_panel=_PARTS)
 app.add_typer(prompts.app, name="prompts", rich_help_panel=_PARTS)
+app.add_typer(quality.app, name="quality", rich_help_panel=_CHECKS)
 app.command("predict", rich_help_panel=_PARTS)(router.predict)
 app.command("up", rich_help_panel=_STACK)(stack.up)
 app.command("demo", rich_help_panel=_STACK)(stack.demo)

@@ -13,6 +13,9 @@ if TYPE_CHECKING:
     from router.client import TlsConfig
 
 __all__ = [
+    "BatchBuild",
+    "BatchRedisCluster",
+    "BatchRedisUrl",
     "ClientTlsCaFile",
     "ClientTlsCertFile",
     "ClientTlsKeyFile",
@@ -81,4 +84,21 @@ ClientTlsCertFile = Annotated[Path | None, tls_option("cert", "SWITCHYARD_CLIENT
 ClientTlsKeyFile = Annotated[Path | None, tls_option("key", "SWITCHYARD_CLIENT_TLS_KEY_FILE")]
 ClientTlsServerName = Annotated[
     str | None, tls_option("server-name", "SWITCHYARD_CLIENT_TLS_SERVER_NAME")
+]
+
+
+# The offline commands' (batch, quality) connection to the build and to Redis; the
+# environment's SWITCHYARD_BATCH_* settings fill what they leave out.
+BatchBuild = Annotated[
+    Path | None, typer.Option(help="Build folder of `switchyard models build` [build].")
+]
+BatchRedisUrl = Annotated[
+    str | None, typer.Option(help="Redis URL; prefer SWITCHYARD_BATCH_REDIS_URL.")
+]
+BatchRedisCluster = Annotated[
+    bool | None,
+    typer.Option(
+        "--redis-cluster/--no-redis-cluster",
+        help="The URL names a node of a Redis Cluster [SWITCHYARD_BATCH_REDIS_CLUSTER].",
+    ),
 ]

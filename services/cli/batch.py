@@ -8,7 +8,13 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from services.cli._output import fail, settings_error
+from services.cli._output import (
+    BatchBuild,
+    BatchRedisCluster,
+    BatchRedisUrl,
+    fail,
+    settings_error,
+)
 
 __all__ = ["app"]
 
@@ -43,19 +49,9 @@ def run(
     ttl: Annotated[
         str | None, typer.Option(help="Lifetime of the generation's keys: 3600, 90m, 12h, 8d.")
     ] = None,
-    build: Annotated[
-        Path | None, typer.Option(help="Build folder of `switchyard models build` [build].")
-    ] = None,
-    redis_url: Annotated[
-        str | None, typer.Option(help="Redis URL; prefer SWITCHYARD_BATCH_REDIS_URL.")
-    ] = None,
-    redis_cluster: Annotated[
-        bool | None,
-        typer.Option(
-            "--redis-cluster/--no-redis-cluster",
-            help="The URL names a node of a Redis Cluster [SWITCHYARD_BATCH_REDIS_CLUSTER].",
-        ),
-    ] = None,
+    build: BatchBuild = None,
+    redis_url: BatchRedisUrl = None,
+    redis_cluster: BatchRedisCluster = None,
     namespace: Annotated[str, typer.Option(help="Cache namespace [the task].")] = "",
     input_format: Annotated[
         str | None, typer.Option("--format", help="jsonl, csv, text or parquet [from the suffix].")

@@ -41,6 +41,8 @@ __all__ = [
     "misses_stream_key",
     "prediction_key",
     "prediction_key_for_hash",
+    "quality_record_key",
+    "quality_samples_key",
     "text_hash",
 ]
 
@@ -94,6 +96,16 @@ def misses_stream_key(namespace: str) -> str:
 
 def misses_seen_key(namespace: str) -> str:
     return f"{_control(namespace)}:misses:seen"
+
+
+def quality_samples_key(namespace: str) -> str:
+    """The capped stream of sampled model-route answers (`quality_schema.QualitySample`)."""
+    return f"{_control(namespace)}:quality:samples"
+
+
+def quality_record_key(namespace: str) -> str:
+    """The last scoring of that sample against the teacher (`quality_schema.QualityRecord`)."""
+    return f"{_control(namespace)}:quality"
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,14 @@ import pytest
 
 from router import contract
 from router.client import Policy, RequestError, Route
-from services.contracts.cache_schema import misses_seen_key, misses_stream_key, prediction_key
+from services.contracts.cache_schema import (
+    misses_seen_key,
+    misses_stream_key,
+    prediction_key,
+    quality_record_key,
+    quality_samples_key,
+)
+from services.contracts.quality_schema import QualityRecord, QualitySample, VersionAgreement
 from services.processes.redis_server import RedisServer
 from tests.unit.router.conftest import Bed, bed_settings, run_on_bed
 from tests.unit.router.fakes import TOPIC_LABELS, fake_label
@@ -184,6 +191,67 @@ def test_low_confidence_answers_are_queued_once(redis_server: RedisServer) -> No
         assert [fields[b"text"] for _, fields in entries] == [text.encode()]
         assert redis_server.client().scard(misses_seen_key(bed.namespace("sentiment"))) == 1
         assert bed.metric("switchyard_misses_queued_total", task="sentiment") == 1
+
+    run(redis_server, body)
+
+
+def test_model_route_answers_are_sampled_for_scoring_and_cache_hits_never(
+    redis_server: RedisServer,
+) -> None:
+    async def body(bed: Bed) -> None:
+        await bed.publish("topic", CACHED, redis_server.client())
+        await bed.client.predict("topic", "Oil prices climb as supply tightens")  # cached
+        texts = ["a match tonight", "a vote tomorrow"]
+        answers = await bed.client.predict_batch("topic", texts)
+        await bed.router.drain()
+        entries = redis_server.client().xrange(quality_samples_key(bed.namespace("topic")))
+        samples = [QualitySample.from_fields(fields) for _, fields in entries]
+        assert [s.text for s in samples] == texts
+        for sample, answer in zip(samples, answers, strict=True):
+            assert (sample.label, sample.model, sample.model_version) == (
+                answer.label, answer.model, answer.model_version,
+            )  # fmt: skip
+            assert sample.scores == pytest.approx(answer.scores)
+        assert bed.metric("switchyard_quality_samples_total", task="topic") == 2
+
+    run(redis_server, body, quality_sample_rate=1.0)
+
+
+def test_no_sample_is_recorded_at_rate_zero(redis_server: RedisServer) -> None:
+    async def body(bed: Bed) -> None:
+        await bed.client.predict("topic", "a match tonight")
+        await bed.router.drain()
+        assert redis_server.client().xlen(quality_samples_key(bed.namespace("topic"))) == 0
+
+    run(redis_server, body, quality_sample_rate=0.0)
+
+
+def test_the_last_quality_record_is_exported_and_stale_versions_disappear(
+    redis_server: RedisServer,
+) -> None:
+    async def body(bed: Bed) -> None:
+        namespace = bed.namespace("topic")
+        client = redis_server.client()
+        assert await bed.cache.quality_record(namespace) is None
+        client.set(quality_record_key(namespace), b"{not a record")
+        assert await bed.cache.quality_record(namespace) is None  # unreadable: ignored
+        first = QualityRecord("topic", "t:1", 1.0, [VersionAgreement("topic", "1", 10, 8)])
+        client.set(quality_record_key(namespace), first.to_json())
+        bed.router.metrics.show_quality("topic", await bed.cache.quality_record(namespace))
+        labels = {"task": "topic", "model_version": "1"}
+        assert bed.metric("switchyard_quality_student_agreement", **labels) == 0.8
+        assert bed.metric("switchyard_quality_student_agreement_low", **labels) == pytest.approx(
+            0.4902, abs=1e-4
+        )
+        assert bed.metric("switchyard_quality_scored_samples", **labels) == 10
+        later = QualityRecord("topic", "t:1", 2.0, [VersionAgreement("topic", "2", 50, 45)])
+        client.set(quality_record_key(namespace), later.to_json())
+        bed.router.metrics.show_quality("topic", await bed.cache.quality_record(namespace))
+        assert bed.registry.get_sample_value("switchyard_quality_student_agreement", labels) is None
+        assert (
+            bed.metric("switchyard_quality_student_agreement", task="topic", model_version="2")
+            == 0.9
+        )
 
     run(redis_server, body)
 

@@ -1,0 +1,118 @@
+"""Quality on live traffic: a real router samples its model-route answers, `switchyard
+quality score` has the teacher judge them, and the published agreement is checked against
+the teacher's labels computed here, independently, on the same texts."""
+
+import json
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from router.client import Policy
+from services.contracts.cache_schema import quality_record_key, quality_samples_key
+from services.contracts.quality_schema import QualityRecord, wilson_interval
+from services.pipeline.datasets import load_splits
+from services.processes.redis_server import RedisServer
+from services.stack.router_process import RouterProcess
+from services.triton.server import TritonServer
+from tests.integration.batch.helpers import metrics, teacher_labels
+from tests.integration.conftest import TASK_LIMITS, run_switchyard
+
+
+@pytest.fixture()
+def sampling_router(
+    tiny_build: Path, triton: TritonServer, redis_server: RedisServer, tmp_path: Path
+) -> Iterator[RouterProcess]:
+    """A router that records every model-route answer, on a namespace of its own."""
+    tasks = {**TASK_LIMITS["tasks"]}
+    tasks["sentiment"] = {**tasks["sentiment"], "cache_namespace": "quality-sentiment"}
+    router = RouterProcess(
+        tmp_path, tiny_build / "model_repository", redis_server.url, triton.settings.grpc_port,
+        tasks=tasks, quality_sample_rate=1.0, quality_poll_seconds=0.5,
+    )  # fmt: skip
+    try:
+        router.start()
+        yield router
+    finally:
+        router.stop()
+        client = redis_server.client()
+        client.delete(
+            quality_samples_key("quality-sentiment"), quality_record_key("quality-sentiment")
+        )
+
+
+def test_scoring_publishes_the_teachers_agreement_with_the_sampled_answers(
+    tiny_build: Path, redis_server: RedisServer, sampling_router: RouterProcess, tmp_path: Path
+) -> None:
+    texts = [e.text[:250] for e in load_splits(tiny_build / "work" / "sentiment" / "data").test]
+    texts = list(dict.fromkeys(texts))[:40]
+    with sampling_router.client() as client:
+        answers = [client.predict("sentiment", text, policy=Policy.MODEL_ONLY) for text in texts]
+    stream = quality_samples_key("quality-sentiment")
+    client_redis = redis_server.client()
+    deadline = time.monotonic() + 10
+    while client_redis.xlen(stream) < len(texts) and time.monotonic() < deadline:
+        time.sleep(0.05)  # recorded off the request path
+    assert client_redis.xlen(stream) == len(texts)
+
+    metrics_file = tmp_path / "quality.prom"
+    result = run_switchyard(
+        "quality", "score", "--task", "sentiment", "--namespace", "quality-sentiment",
+        "--build", str(tiny_build), "--redis-url", redis_server.url, "--no-progress",
+        "--metrics-file", str(metrics_file),
+    )  # fmt: skip
+    assert "student vs teacher" in result.stdout
+
+    record = QualityRecord.from_json(client_redis.get(quality_record_key("quality-sentiment")))
+    (version,) = record.versions
+    assert (version.model, version.model_version) == (answers[0].model, answers[0].model_version)
+    expected = teacher_labels(tiny_build, "sentiment", texts)
+    agreed = sum(a.label == t for a, t in zip(answers, expected, strict=True))
+    assert (version.samples, version.agreed) == (len(texts), agreed)
+    low, high = version.interval
+    assert (low, high) == wilson_interval(agreed, len(texts))
+    assert low <= agreed / len(texts) <= high
+    assert high - low > 0.15  # 40 samples: an interval this wide, not a point
+    published = metrics(metrics_file)
+    assert published["switchyard_quality_student_agreement"] == pytest.approx(agreed / len(texts))
+    assert published["switchyard_quality_scored_samples"] == len(texts)
+    assert json.loads(record.to_json())["teacher"].startswith("sentiment-teacher:")
+    # The router exports the record it finds in Redis.
+    url = f"http://127.0.0.1:{sampling_router.metrics_port}/metrics"
+    labels = {"task": "sentiment", "model_version": version.model_version}
+    exported = None
+    deadline = time.monotonic() + 10
+    while exported is None and time.monotonic() < deadline:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            families = text_string_to_metric_families(response.read().decode())
+        exported = next(
+            (
+                sample.value
+                for family in families
+                for sample in family.samples
+                if sample.name == "switchyard_quality_student_agreement" and sample.labels == labels
+            ),
+            None,
+        )
+        time.sleep(0.2)
+    assert exported == pytest.approx(agreed / len(texts))
+
+
+def test_scoring_bad_input_is_one_line_and_exit_2(
+    tiny_build: Path, redis_server: RedisServer
+) -> None:
+    result = run_switchyard(
+        "quality", "score", "--task", "weather", "--build", str(tiny_build),
+        "--redis-url", redis_server.url, check=False,
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert "unknown task 'weather'" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    empty = run_switchyard(
+        "quality", "score", "--task", "topic", "--namespace", "quality-nothing-yet",
+        "--build", str(tiny_build), "--redis-url", redis_server.url, "--no-progress",
+    )  # fmt: skip
+    assert "no sampled answers" in empty.stdout
