@@ -9,10 +9,8 @@ scores the stream as it is then (the newest `quality_samples_max_len` answers).
 """
 
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import cast
 
 import redis
 from prometheus_client import CollectorRegistry, Gauge, write_to_textfile
@@ -20,15 +18,13 @@ from rich.progress import Progress
 
 from services.batch.errors import BatchError
 from services.batch.settings import BatchSettings
-from services.batch.store import connect
+from services.batch.store import connect, stream_fields
 from services.batch.teacher import TeacherInfo, TeacherRuntime
 from services.contracts.cache_schema import quality_record_key, quality_samples_key
 from services.contracts.quality_schema import QualityRecord, QualitySample, VersionAgreement
 from services.contracts.text import normalize_text
 
 __all__ = ["ScoredSample", "Scoring", "read_samples", "score_samples", "write_quality_metrics"]
-
-_PAGE = 1000
 
 
 @dataclass(frozen=True)
@@ -48,25 +44,11 @@ class Scoring:
     scored: list[ScoredSample] = field(default_factory=list)
 
 
-def _entries(client: "redis.Redis", stream: str) -> Iterator[dict[bytes, bytes]]:
-    start = "-"
-    while True:
-        page = cast(
-            list[tuple[bytes, dict[bytes, bytes]]],
-            client.xrange(stream, start, "+", count=_PAGE),
-        )
-        for _, fields in page:
-            yield fields
-        if len(page) < _PAGE:
-            return
-        start = "(" + page[-1][0].decode()
-
-
 def read_samples(client: "redis.Redis", namespace: str) -> tuple[list[QualitySample], int]:
     """The namespace's sampled answers, oldest first, and how many entries were not samples."""
     samples: list[QualitySample] = []
     malformed = 0
-    for fields in _entries(client, quality_samples_key(namespace)):
+    for fields in stream_fields(client, quality_samples_key(namespace)):
         try:
             samples.append(QualitySample.from_fields(fields))
         except ValueError:

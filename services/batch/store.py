@@ -35,7 +35,7 @@ from services.contracts.cache_schema import (
 )
 from services.contracts.redis_connection import RedisSettings, sync_client
 
-__all__ = ["FlipOutcome", "GenerationStore", "RunState", "connect"]
+__all__ = ["FlipOutcome", "GenerationStore", "RunState", "connect", "stream_fields"]
 
 # Keys per script call or pipeline: large enough to amortise a round trip, small enough to
 # keep each call far below a millisecond of Redis time so readers never wait behind it.
@@ -116,6 +116,23 @@ class RunState:
     flipped: bool
 
 
+def stream_fields(
+    client: "redis.Redis", stream: str, until: str = "+", page: int = _MISSES_PAGE
+) -> Iterator[dict[bytes, bytes]]:
+    """The fields of each entry of `stream` up to entry `until` (its end by default), oldest
+    first, read `page` entries at a time."""
+    start = "-"
+    while True:
+        entries = cast(
+            list[tuple[bytes, dict[bytes, bytes]]], client.xrange(stream, start, until, count=page)
+        )
+        for _, fields in entries:
+            yield fields
+        if len(entries) < page:
+            return
+        start = "(" + entries[-1][0].decode()
+
+
 def connect(settings: RedisSettings, timeout_s: float, cluster: bool = False) -> "redis.Redis":
     """A client checked with PING (of a Redis Cluster when `cluster`); BatchError (without
     credentials) if unreachable."""
@@ -176,18 +193,9 @@ class GenerationStore:
 
     def _misses(self, until: str) -> Iterator[dict[bytes, bytes]]:
         """The fields of each queued miss up to stream entry `until`, oldest first."""
-        stream = misses_stream_key(self._namespace)
-        start = "-"
-        while until != "0-0":
-            entries = cast(
-                list[tuple[bytes, dict[bytes, bytes]]],
-                self._client.xrange(stream, start, until, count=_MISSES_PAGE),
-            )
-            for _, fields in entries:
-                yield fields
-            if len(entries) < _MISSES_PAGE:
-                return
-            start = "(" + entries[-1][0].decode()
+        if until == "0-0":
+            return iter(())
+        return stream_fields(self._client, misses_stream_key(self._namespace), until)
 
     def read_misses(
         self, until: str, into: TextSet, owns: Callable[[str], bool] | None = None
