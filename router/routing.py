@@ -217,7 +217,13 @@ class Router:
     ) -> list[tuple[StudentModel, ModelAnswer]]:
         """Each text's answer and the version that computed it. During a canary the candidate
         answers its share of the texts and the stable version the rest, in parallel; when the
-        candidate fails, the stable version answers its texts too."""
+        candidate fails, the stable version answers its texts too.
+
+        A request without a deadline of its own waits for the model at most the router's
+        Triton timeout in all, however many calls that takes (a shared call that failed and
+        is asked again, the candidate's fallback)."""
+        if deadline is None:
+            deadline = time.monotonic() + self._settings.triton_timeout_ms / 1000
         to_candidate = serving.to_candidate(texts)
         candidate = serving.candidate
         if candidate is None or not any(to_candidate):
@@ -268,7 +274,7 @@ class Router:
         model: StudentModel,
         role: str,
         texts: Sequence[str],
-        deadline: float | None,
+        deadline: float,
     ) -> list[ModelAnswer]:
         """One call of one version, measured by version and role."""
         started = time.perf_counter()

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from router.client import Route
+from router.client import AsyncRouterClient, Route
 from router.errors import DependencyUnavailable
 from router.local_tier import LocalTier, NotHeld
 from services.contracts.cache_schema import (
@@ -183,6 +183,28 @@ def test_when_the_shared_call_fails_the_waiters_ask_for_themselves(
         body,
         FakeStudent(delay_s=0.3, failures=[DependencyUnavailable("triton is down")]),
     )
+
+
+def test_a_request_without_a_deadline_waits_for_the_model_the_triton_timeout_in_all(
+    redis_server: RedisServer,
+) -> None:
+    unseen = "The film opens in the spring"
+
+    async def body(bed: Bed) -> None:
+        bounded = asyncio.create_task(bed.client.predict("topic", unseen, timeout_s=0.3))
+        await until(lambda: len(bed.student.calls) == 1, seconds=5.0)
+        # Waits on the bounded request's call, which ends at its deadline; then asks again.
+        async with AsyncRouterClient(bed.address, timeout_s=None, retries=0) as unbounded:
+            answer = await unbounded.predict("topic", unseen)
+        assert answer.route == Route.MODEL
+        assert isinstance((await asyncio.gather(bounded, return_exceptions=True))[0], Exception)
+        (_, _, _, first_s), (_, _, _, second_s) = bed.student.calls
+        assert first_s <= 0.3
+        # What the Triton timeout (1 s) left after the wait on the shared call; not a fresh
+        # 1 s, which let such a request end up to a deadline later than it should.
+        assert second_s < 1.0 - 0.05
+
+    run(redis_server, body, FakeStudent(delay_s=0.5), triton_timeout_ms=1000)
 
 
 @pytest.mark.parametrize("flips", [6])
