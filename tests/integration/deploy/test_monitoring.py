@@ -106,6 +106,22 @@ def test_dashboard_has_a_rollouts_row() -> None:
                 assert 'role!="shadow"' in target["expr"], panel["title"]
 
 
+def test_dashboard_has_a_quality_row() -> None:
+    panels = json.loads(DASHBOARD.read_text())["panels"]
+    (row,) = [p for p in panels if p["type"] == "row" and p["title"] == "Quality on live traffic"]
+    below = [panel for panel in panels if panel["gridPos"]["y"] > row["gridPos"]["y"]]
+    queries = " ".join(target["expr"] for panel in below for target in panel["targets"])
+    shown = (
+        "task:switchyard_teacher_agreement:blended5m",
+        "task:switchyard_teacher_agreement_low:blended5m",
+        "task:switchyard_teacher_agreement_high:blended5m",
+        "switchyard_quality_student_agreement",
+        "switchyard_quality_scored_samples",
+    )
+    for series in shown:
+        assert series in queries
+
+
 def _router_series() -> set[str]:
     registry = CollectorRegistry()
     RouterMetrics(registry)
