@@ -17,7 +17,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Iterable, Sequence
+from collections.abc import Awaitable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,16 +29,20 @@ from router.errors import DependencyUnavailable
 from router.local_tier import LocalTier, NotHeld
 from services.contracts.cache_schema import (
     GENERATIONS_CHANNEL,
+    MISS_DAYS_KEPT,
     CachedPrediction,
     generation_key,
     generation_meta_key,
     legacy_generation_key,
+    miss_day,
+    misses_count_key,
     misses_seen_key,
     misses_stream_key,
     prediction_key_for_hash,
     quality_record_key,
     quality_samples_key,
     text_hash,
+    top_misses_key,
 )
 from services.contracts.quality_schema import QualityRecord, QualitySample
 
@@ -301,6 +305,30 @@ class PredictionCache:
                 )
                 queued += 1
         return queued
+
+    async def count_misses(
+        self, namespace: str, counts: Mapping[str, int], total: int, now: float, capacity: int
+    ) -> None:
+        """Add counts of uncached (normalised) texts, and their `total`, to the day's; past
+        twice `capacity` texts, the day's set is cut back to its `capacity` most frequent."""
+        day = miss_day(now)
+        top, count = top_misses_key(namespace, day), misses_count_key(namespace, day)
+        ttl_s = MISS_DAYS_KEPT * 86400
+        # One slot (the namespace's hash tag), so one round trip on a cluster too.
+        pipe = self._client.pipeline(transaction=False)
+        for text, times in counts.items():
+            pipe.zincrby(top, times, text)
+        pipe.incrby(count, total)
+        pipe.expire(top, ttl_s)
+        pipe.expire(count, ttl_s)
+        pipe.zcard(top)
+        replies = await self._call("count misses", self._timeout_s, pipe.execute())
+        if replies[-1] > 2 * capacity:
+            await self._call(
+                "ZREMRANGEBYRANK",
+                self._timeout_s,
+                self._client.zremrangebyrank(top, 0, -(capacity + 1)),
+            )
 
     async def record_samples(self, namespace: str, samples: Sequence[QualitySample]) -> None:
         """Append sampled model-route answers to the namespace's capped stream of them."""

@@ -17,6 +17,7 @@ from router.metrics import RouterMetrics
 from router.rollout import Serving, StudentModel
 from router.settings import RouterSettings, TaskSettings
 from router.single_flight import SingleFlight
+from router.top_misses import MissCounter
 from services.contracts.cache_schema import CachedPrediction
 from services.contracts.quality_schema import QualitySample
 
@@ -62,6 +63,8 @@ class Router:
         self._shadows_in_flight = 0
         # Concurrent asks for the same text of the same model version share one call.
         self._flights: SingleFlight[tuple[str, str, str], ModelAnswer] = SingleFlight()
+        self.miss_counts = MissCounter(settings.top_misses_capacity)
+        """Uncached texts, for the server to flush to Redis."""
 
     @property
     def tasks(self) -> dict[str, TaskSettings]:
@@ -157,6 +160,10 @@ class Router:
                     self._remaining(deadline),
                 )
                 cached = read.predictions
+                self.miss_counts.add(
+                    settings.cache_namespace,
+                    [text for text, found in zip(texts, cached, strict=True) if found is None],
+                )
                 if read.malformed:
                     self._metrics.cache_malformed.labels(task).inc(read.malformed)
                 if generation and self._cache.tier_enabled:

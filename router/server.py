@@ -8,6 +8,7 @@ import contextlib
 import functools
 import logging
 import signal
+import time
 
 import grpc
 import redis.asyncio as redis
@@ -293,6 +294,33 @@ async def _follow_quality(
         await asyncio.sleep(settings.quality_poll_seconds)
 
 
+async def _flush_miss_counts(
+    settings: RouterSettings, router: Router, cache: PredictionCache
+) -> None:
+    """Add the uncached texts counted since the last flush to Redis's, every
+    `top_misses_flush_seconds` and once more when the router stops."""
+
+    async def flush() -> None:
+        for counts in router.miss_counts.take():
+            try:
+                await cache.count_misses(
+                    counts.namespace,
+                    counts.texts,
+                    counts.total,
+                    time.time(),
+                    settings.top_misses_capacity,
+                )
+            except DependencyUnavailable as exc:
+                _log.warning("dropped the miss counts of %s: %s", counts.namespace, exc)
+
+    try:
+        while True:
+            await asyncio.sleep(settings.top_misses_flush_seconds)
+            await flush()
+    finally:
+        await flush()
+
+
 async def _cancel(task: "asyncio.Task[None]") -> None:
     task.cancel()
     with contextlib.suppress(asyncio.CancelledError):
@@ -369,6 +397,9 @@ async def serve(settings: RouterSettings, ready: asyncio.Event | None = None) ->
         resources.push_async_callback(_cancel, versions_watch)
         quality_watch = asyncio.create_task(_follow_quality(settings, router, cache, metrics))
         resources.push_async_callback(_cancel, quality_watch)
+        if router.miss_counts.enabled:
+            miss_counts = asyncio.create_task(_flush_miss_counts(settings, router, cache))
+            resources.push_async_callback(_cancel, miss_counts)
         metrics.triton_replicas.set_function(lambda: len(student.replicas.addresses))
         if student.replicas.follows_dns:
             replicas_watch = asyncio.create_task(_follow_replicas(settings, student))

@@ -97,6 +97,15 @@ class RouterSettings(RedisSettings, BaseSettings):
         "texts that come while all are open share the next call",
     )
     misses_stream_max_len: int = Field(100_000, gt=0)
+    top_misses_capacity: int = Field(
+        1000,
+        ge=0,
+        description="most frequent uncached texts kept per namespace and day (router."
+        "top_misses); 0: not counted",
+    )
+    top_misses_flush_seconds: float = Field(
+        5.0, gt=0, description="how often the counts of uncached texts go to Redis"
+    )
     quality_sample_rate: float = Field(
         0.01,
         ge=0.0,

@@ -101,6 +101,15 @@ class TextSet:
         self.rows_read += 1
         self.skipped[reason] += 1
 
+    def merge(self, other: "TextSet") -> None:
+        """Add the texts and row counts of `other`; a text both hold counts as a duplicate."""
+        self.add_counts(other)
+        for digest, text in other.texts.items():
+            if digest in self.texts:
+                self.duplicates += 1
+            else:
+                self.texts[digest] = text
+
     def add_counts(self, other: "TextSet") -> None:
         """Add the row counts of `other`, whose texts were kept elsewhere."""
         self.rows_read += other.rows_read

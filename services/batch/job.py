@@ -31,6 +31,7 @@ from services.batch.labels import LabelSource
 from services.batch.settings import BatchOptions, BatchSettings, Shard, label_source
 from services.batch.store import FlipOutcome, GenerationStore, connect
 from services.contracts.cache_schema import NAMESPACE_PATTERN
+from services.contracts.quality_schema import QualityRecord
 
 __all__ = ["BatchSummary", "Engine", "run_batch"]
 
@@ -47,6 +48,7 @@ class BatchSummary:
     rows_read: int = 0
     bytes_read: int = 0
     misses_read: int = 0
+    top_misses_read: int = 0
     skipped: dict[str, int] = field(default_factory=dict)
     duplicates: int = 0
     unique: int = 0
@@ -55,8 +57,11 @@ class BatchSummary:
     written: int = 0
     generation_rows: int = 0
     misses_removed: int = 0
+    week_misses: int = 0  # uncached texts the routers counted over the last 7 days
+    week_misses_answered: int = 0  # of them, answered by the generation (at least)
     labelling_seconds: float = 0.0
     seconds: float = 0.0
+    quality: QualityRecord | None = None  # --score-samples: the teacher's verdict on them
 
     @property
     def rows_per_second(self) -> float:
@@ -69,8 +74,8 @@ class Engine(Protocol):
     def read(self) -> None:
         """Read the input files; BatchError for one that cannot be read. Touches no Redis."""
 
-    def add_misses(self, store: GenerationStore, until: str) -> int:
-        """Add the queued misses up to `until` to the texts; returns how many were added."""
+    def add_texts(self, extra: TextSet) -> None:
+        """Add texts read from Redis (the misses) to those of the files."""
 
     def counts(self) -> tuple[TextSet, int]:
         """Row counts of everything read (texts aside), and the number of unique texts."""
@@ -98,6 +103,7 @@ def _run_id(
         teacher.version,
         file_fingerprints(files),
         options.include_misses,
+        options.top_misses,
         options.shard.count,
         options.input_format,
         options.text_field,
@@ -111,8 +117,14 @@ def run_batch(options: BatchOptions, settings: BatchSettings) -> BatchSummary:
     namespace = options.namespace or options.task
     if not re.match(NAMESPACE_PATTERN, namespace):
         raise BatchError(f"namespace {namespace!r} holds braces, colons or spaces; name another")
-    if not options.inputs and not options.include_misses:
-        raise BatchError("nothing to read: pass --input FILE and/or --include-misses")
+    if not options.inputs and not options.include_misses and not options.top_misses:
+        raise BatchError(
+            "nothing to read: pass --input FILE, --include-misses and/or --top-misses N"
+        )
+    if options.score_samples and options.teacher != "model":
+        raise BatchError("--score-samples needs the build's teacher (--teacher model)")
+    if options.top_misses < 0:
+        raise BatchError(f"--top-misses must be 0 or more, got {options.top_misses}")
     if options.engine == "ray" and options.shard.count > 1:
         raise BatchError("--shard is for the in-process engine; Ray spreads the work itself")
     summary = BatchSummary(
@@ -164,8 +176,15 @@ def _label_and_publish(
     state = store.claim(run_id, options.shard.count, options.include_misses, time.time())
     summary.generation = state.generation
     summary.generation_created_at = state.created_at
+    extra = TextSet(max_chars=settings.max_chars)
+    owns = None if options.shard.count == 1 else options.shard.owns
     if options.include_misses:
-        summary.misses_read = engine.add_misses(store, state.misses_until)
+        summary.misses_read = store.read_misses(state.misses_until, extra, owns)
+    if options.top_misses:
+        summary.top_misses_read = store.read_top_misses(
+            options.top_misses, time.time(), extra, owns
+        )
+    engine.add_texts(extra)
     counts, unique = engine.counts()
     summary.rows_read = counts.rows_read
     summary.bytes_read = counts.bytes_read
@@ -218,8 +237,23 @@ def _label_and_publish(
     if outcome in (FlipOutcome.FLIPPED, FlipOutcome.FLIPPED_BEFORE):
         summary.generation_rows = rows_so_far
         summary.misses_removed = store.forget_misses(state.misses_until)
+        summary.week_misses_answered, summary.week_misses = store.misses_answered(
+            state.generation, time.time()
+        )
     if outcome is not FlipOutcome.WAITING:
         store.mark_finished(run_id, time.time())
+        if options.score_samples:
+            # Imported here: only runs that score load its module.
+            from services.batch.quality import score_samples
+
+            scoring = score_samples(
+                settings,
+                options.task,
+                summary.namespace,
+                options.teacher_runtime,
+                options.show_progress,
+            )
+            summary.quality = scoring.record
 
 
 class InProcessEngine:
@@ -244,9 +278,8 @@ class InProcessEngine:
         for piece in shard_pieces(self._files, shard.index, shard.count, text_field):
             read_piece(piece, text_field, self._texts)
 
-    def add_misses(self, store: GenerationStore, until: str) -> int:
-        shard = self._options.shard
-        return store.read_misses(until, self._texts, None if shard.count == 1 else shard.owns)
+    def add_texts(self, extra: TextSet) -> None:
+        self._texts.merge(extra)
 
     def counts(self) -> tuple[TextSet, int]:
         return self._texts, len(self._texts.texts)

@@ -31,6 +31,7 @@ def write_metrics(path: Path, summary: BatchSummary, finished_at: float) -> None
     counts = {
         "read": summary.rows_read,
         "misses_read": summary.misses_read,
+        "top_misses_read": summary.top_misses_read,
         "skipped": sum(summary.skipped.values()),
         "duplicate": summary.duplicates,
         "unique": summary.unique,
@@ -58,6 +59,14 @@ def write_metrics(path: Path, summary: BatchSummary, finished_at: float) -> None
         "switchyard_batch_generation_created_timestamp_seconds": (
             "When the generation of the last run was started (Unix time)",
             summary.generation_created_at,
+        ),
+        "switchyard_batch_week_misses": (
+            "Uncached texts the routers counted over the 7 days before the run",
+            summary.week_misses,
+        ),
+        "switchyard_batch_week_misses_answered": (
+            "Of them, the ones the new generation answers (at least: of the texts counted)",
+            summary.week_misses_answered,
         ),
         "switchyard_batch_generation_rows": (
             "Predictions in the generation, once all shards finished (0 before)",

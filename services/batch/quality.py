@@ -62,8 +62,10 @@ def score_samples(
     namespace: str,
     runtime: TeacherRuntime = "onnx",
     show_progress: bool = True,
+    store: bool = True,
 ) -> Scoring:
-    """Score the namespace's sample with the task's teacher and store the quality record."""
+    """Score the namespace's sample with the task's teacher and (with `store`) store the
+    quality record."""
     info = TeacherInfo.read(settings.build_dir, task, runtime)
     client = connect(settings, settings.redis_timeout_seconds, cluster=settings.redis_cluster)
     try:
@@ -78,7 +80,7 @@ def score_samples(
         scored = [ScoredSample(s, teacher_labels[normalize_text(s.text)]) for s in samples]
         record = QualityRecord(task, f"{info.model_name}:{info.version}", time.time(),
                                _agreements(scored))  # fmt: skip
-        if samples:  # nothing sampled yet: the last record stays
+        if samples and store:  # nothing sampled yet: the last record stays
             client.set(quality_record_key(namespace), record.to_json())
     finally:
         client.close()

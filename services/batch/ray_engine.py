@@ -161,9 +161,9 @@ class RayEngine:
         self._gpus = int(resources.get("GPU", 0))
         self._cpus = max(int(resources.get("CPU", 1)), 1)
         self._counts = TextSet(max_chars=settings.max_chars)
-        # Ray datasets: the rows read, the queued misses, the unique texts.
+        # Ray datasets: the rows read, the texts read from Redis (misses), the unique texts.
         self._rows: Any = None
-        self._misses: Any = None
+        self._from_redis: Any = None
         self._texts: Any = None
         self._unique = 0
 
@@ -193,19 +193,16 @@ class RayEngine:
             self._counts.bytes_read += counts["bytes_read"]
             self._counts.skipped.update(Counter(counts["skipped"]))
 
-    def add_misses(self, store: GenerationStore, until: str) -> int:
-        misses = TextSet(max_chars=self._settings.max_chars)
-        read = store.read_misses(until, misses)
-        self._counts.add_counts(misses)
-        if misses.texts:
-            rows = [{"digest": d, "text": t} for d, t in misses.texts.items()]
-            self._misses = self._ray.data.from_items(rows)
-        return read
+    def add_texts(self, extra: TextSet) -> None:
+        self._counts.add_counts(extra)
+        if extra.texts:
+            rows = [{"digest": d, "text": t} for d, t in extra.texts.items()]
+            self._from_redis = self._ray.data.from_items(rows)
 
     def counts(self) -> tuple[TextSet, int]:
         from ray.data.aggregate import Max
 
-        parts = [part for part in (self._rows, self._misses) if part is not None]
+        parts = [part for part in (self._rows, self._from_redis) if part is not None]
         if not parts:
             return self._counts, 0
         if self._rows is not None:

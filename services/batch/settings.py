@@ -88,6 +88,8 @@ class BatchOptions:
     task: str
     inputs: list[str]  # files, folders, globs or fsspec URLs
     include_misses: bool = False
+    top_misses: int = 0  # also label the N most frequent uncached texts of the last week
+    score_samples: bool = False  # then score the routers' sampled answers with the teacher
     shard: Shard = Shard(0, 1)
     namespace: str = ""
     input_format: InputFormat | None = None

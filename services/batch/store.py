@@ -28,10 +28,13 @@ from services.contracts.cache_schema import (
     batch_run_key,
     generation_key,
     generation_meta_key,
+    miss_day,
+    misses_count_key,
     misses_seen_key,
     misses_stream_key,
     prediction_key_for_hash,
     text_hash,
+    top_misses_key,
 )
 from services.contracts.redis_connection import RedisSettings, sync_client
 
@@ -219,6 +222,46 @@ class GenerationStore:
             else:
                 into.skip("no 'text' field" if raw is None else "not UTF-8")
         return read
+
+    def top_misses(self, now: float, days: int = 7) -> tuple[list[tuple[str, int]], int]:
+        """The uncached texts the routers counted over the last `days` UTC days (today's so
+        far included), most frequent first, and how many uncached texts came in those days."""
+        names = [miss_day(now - back * 86400) for back in range(days)]
+        # One slot (the namespace's hash tag): a single command on a cluster too.
+        sets = [top_misses_key(self._namespace, day) for day in names]
+        counted = cast(list[tuple[bytes, float]], self._client.zunion(sets, withscores=True))
+        totals = self._client.mget([misses_count_key(self._namespace, d) for d in names])
+        ranked = sorted(
+            ((text.decode("utf-8", errors="replace"), int(count)) for text, count in counted),
+            key=lambda pair: (-pair[1], pair[0]),
+        )
+        return ranked, sum(int(total) for total in totals if total is not None)
+
+    def read_top_misses(
+        self, limit: int, now: float, into: TextSet, owns: Callable[[str], bool] | None = None
+    ) -> int:
+        """Add the `limit` most frequent uncached texts of the last week whose hash `owns`
+        accepts (all without it) to `into`; returns how many were added."""
+        ranked, _ = self.top_misses(now)
+        read = 0
+        for text, _ in ranked[:limit]:
+            if owns is None or owns(text_hash(text)):
+                into.add(text)
+                read += 1
+        return read
+
+    def misses_answered(self, generation: str, now: float) -> tuple[int, int]:
+        """Of the last week's uncached texts, how many `generation` answers (counting the
+        texts the routers kept, so at least this many), and how many came in all."""
+        ranked, total = self.top_misses(now)
+        digests = [text_hash(text) for text, _ in ranked]
+        absent = set(self.missing(generation, digests))
+        answered = sum(
+            count
+            for (_, count), digest in zip(ranked, digests, strict=True)
+            if digest not in absent
+        )
+        return answered, total
 
     def missing(self, generation: str, digests: Sequence[str]) -> list[str]:
         """The digests whose prediction is not (yet) in `generation`."""

@@ -20,7 +20,11 @@ __all__ = ["app"]
 
 _PARTS, _STACK, _CHECKS = "Parts", "The whole stack on one machine", "Measure and break"
 
-app = typer.Typer(help="Switchyard: serve a distilled model on Triton behind a teacher cache.")
+# No rich markup in help texts: "[the task]" is a default, not a tag.
+app = typer.Typer(
+    help="Switchyard: serve a distilled model on Triton behind a teacher cache.",
+    rich_markup_mode=None,
+)
 app.add_typer(models.app, name="models", rich_help_panel=_PARTS)
 app.add_typer(triton.app, name="triton", rich_help_panel=_PARTS)
 app.add_typer(router.app, name="router", rich_help_panel=_PARTS)

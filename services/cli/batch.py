@@ -18,7 +18,9 @@ from services.cli._output import (
 
 __all__ = ["app"]
 
-app = typer.Typer(help="The offline batch job: teacher predictions into the Redis cache.")
+app = typer.Typer(
+    help="The offline batch job: teacher predictions into the Redis cache.", rich_markup_mode=None
+)
 
 
 def _seconds(value: str) -> int:
@@ -28,6 +30,10 @@ def _seconds(value: str) -> int:
     if not number.isdigit() or int(number) == 0:
         raise typer.BadParameter(f"{value!r} is not a duration such as 3600, 90m, 12h or 8d")
     return int(number) * units[unit]
+
+
+def _share(part: int, whole: int) -> str:
+    return f"{part} ({part / whole:.1%})" if whole else "-"
 
 
 @app.command("run")
@@ -42,6 +48,17 @@ def run(
     ] = None,
     include_misses: Annotated[
         bool, typer.Option(help="Also label the texts the router queued as misses.")
+    ] = False,
+    top_misses: Annotated[
+        int,
+        typer.Option(min=0, help="Also label the N most frequent uncached texts of the last week."),
+    ] = 0,
+    score_samples: Annotated[
+        bool,
+        typer.Option(
+            help="After the flip, score the routers' sampled model answers with the teacher "
+            "(as `switchyard quality score`)."
+        ),
     ] = False,
     shard: Annotated[
         str, typer.Option(help="This worker's share i/n of the input (Kubernetes Indexed Job).")
@@ -124,6 +141,8 @@ def run(
             task=task,
             inputs=inputs or [],
             include_misses=include_misses,
+            top_misses=top_misses,
+            score_samples=score_samples,
             shard=Shard.parse(shard),
             namespace=namespace,
             input_format=None if input_format is None else parse_format(input_format),
@@ -153,6 +172,7 @@ def run(
         "rows read (files and misses)": summary.rows_read,
         "input bytes read": summary.bytes_read,
         "of them misses": summary.misses_read,
+        "of them top misses": summary.top_misses_read,
         "skipped": sum(summary.skipped.values()),
         "duplicates": summary.duplicates,
         "unique texts": summary.unique,
@@ -163,6 +183,8 @@ def run(
         "generation": summary.generation or "-",
         "rows in generation": summary.generation_rows,
         "misses removed": summary.misses_removed,
+        "last week's misses (routers' count)": summary.week_misses,
+        "  that this generation answers": _share(summary.week_misses_answered, summary.week_misses),
         "seconds": f"{summary.seconds:.1f}",
     }
     for reason, count in summary.skipped.items():
@@ -172,3 +194,14 @@ def run(
     console = Console(width=100)
     console.print(table)
     console.print(f"outcome: {summary.outcome}", highlight=False)
+    if summary.quality is not None:
+        for version in summary.quality.versions:
+            low, high = version.interval
+            console.print(
+                f"student {version.model} v{version.model_version} agrees with the teacher on "
+                f"{version.agreed} of {version.samples} sampled answers ({version.agreement:.1%}, "
+                f"95% interval {low:.1%} - {high:.1%})",
+                highlight=False,
+            )
+        if not summary.quality.versions:
+            console.print("no sampled model answers to score yet", highlight=False)

@@ -21,7 +21,8 @@ if TYPE_CHECKING:
 __all__ = ["app", "report_tables"]
 
 app = typer.Typer(
-    help="Build, evaluate and export the teacher and student models; roll versions out."
+    help="Build, evaluate and export the teacher and student models; roll versions out.",
+    rich_markup_mode=None,
 )
 
 

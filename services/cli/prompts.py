@@ -11,7 +11,9 @@ from services.cli._output import fail, percent, say, settings_error
 
 __all__ = ["app"]
 
-app = typer.Typer(help="Zero-, one- and few-shot prompting of a packaged LLM.")
+app = typer.Typer(
+    help="Zero-, one- and few-shot prompting of a packaged LLM.", rich_markup_mode=None
+)
 
 
 @app.command("eval")

@@ -21,7 +21,9 @@ from services.cli._output import (
 
 __all__ = ["app", "predict"]
 
-app = typer.Typer(help="The gRPC router: cache route (Redis) or model route (Triton).")
+app = typer.Typer(
+    help="The gRPC router: cache route (Redis) or model route (Triton).", rich_markup_mode=None
+)
 
 
 @app.command("serve")

@@ -10,7 +10,9 @@ from services.cli._output import fail, say, settings_error
 
 __all__ = ["app"]
 
-app = typer.Typer(help="Serve the model repository with NVIDIA Triton Inference Server.")
+app = typer.Typer(
+    help="Serve the model repository with NVIDIA Triton Inference Server.", rich_markup_mode=None
+)
 
 
 @app.command("serve")

@@ -5,6 +5,11 @@
     switchyard:{<namespace>}:batch:<run id>           -> hash: state of one batch run (shards done)
     switchyard:{<namespace>}:misses                   -> stream of low-confidence texts
     switchyard:{<namespace>}:misses:seen              -> set of their hashes (deduplication)
+    switchyard:{<namespace>}:misses:top:<day>         -> sorted set: the most frequent uncached
+                                                         texts (normalised) of a UTC day, by count
+    switchyard:{<namespace>}:misses:count:<day>       -> how many uncached texts came that day
+    switchyard:{<namespace>}:quality:samples          -> stream of sampled model-route answers
+    switchyard:{<namespace>}:quality                  -> JSON QualityRecord: their last scoring
     switchyard:<namespace>:<generation>:<text hash>   -> JSON CachedPrediction (with a TTL)
     channel switchyard:generations                    -> "<namespace> <generation>" on a flip
 
@@ -25,18 +30,22 @@ under the old stream key are not read by new batch runs: run the batch job with
 
 import hashlib
 import json
+import time
 from dataclasses import dataclass
 
 from services.contracts.text import normalize_text
 
 __all__ = [
     "GENERATIONS_CHANNEL",
+    "MISS_DAYS_KEPT",
     "NAMESPACE_PATTERN",
     "CachedPrediction",
     "batch_run_key",
     "generation_key",
     "generation_meta_key",
     "legacy_generation_key",
+    "miss_day",
+    "misses_count_key",
     "misses_seen_key",
     "misses_stream_key",
     "prediction_key",
@@ -44,6 +53,7 @@ __all__ = [
     "quality_record_key",
     "quality_samples_key",
     "text_hash",
+    "top_misses_key",
 ]
 
 _PREFIX = "switchyard"
@@ -96,6 +106,23 @@ def misses_stream_key(namespace: str) -> str:
 
 def misses_seen_key(namespace: str) -> str:
     return f"{_control(namespace)}:misses:seen"
+
+
+MISS_DAYS_KEPT = 8
+"""Days a day's miss counts live: a week of traffic for the weekly run, and a day of slack."""
+
+
+def miss_day(timestamp: float) -> str:
+    """The UTC day (2026-12-01) whose miss counts a time falls in."""
+    return time.strftime("%Y-%m-%d", time.gmtime(timestamp))
+
+
+def top_misses_key(namespace: str, day: str) -> str:
+    return f"{_control(namespace)}:misses:top:{day}"
+
+
+def misses_count_key(namespace: str, day: str) -> str:
+    return f"{_control(namespace)}:misses:count:{day}"
 
 
 def quality_samples_key(namespace: str) -> str:

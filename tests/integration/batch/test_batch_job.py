@@ -266,7 +266,8 @@ def test_two_shards_together_equal_one_unsharded_run(
         ("only bad rows", "none of the 2 rows holds a usable text"),
         ("unknown task", "unknown task 'weather'; tasks built in"),
         ("unreachable redis", "cannot reach Redis at 127.0.0.1:{port}"),
-        ("no input", "nothing to read: pass --input FILE and/or --include-misses"),
+        ("no input", "nothing to read: pass --input FILE, --include-misses and/or --top-misses N"),
+        ("score with the llm", "--score-samples needs the build's teacher (--teacher model)"),
         ("bad shard", "--shard must be i/n with 0 <= i < n, got '2/2'"),
     ],
 )
@@ -293,6 +294,7 @@ def test_bad_input_fails_clearly_and_keeps_the_generation(
         "unknown task": ["--input", str(good)],
         "unreachable redis": ["--input", str(good)],
         "no input": [],
+        "score with the llm": ["--input", str(good), "--score-samples", "--teacher", "llm-fewshot"],
         "bad shard": ["--input", str(good), "--shard", "2/2"],
     }[case]
     if case == "unreachable redis":

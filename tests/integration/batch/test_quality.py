@@ -101,6 +101,49 @@ def test_scoring_publishes_the_teachers_agreement_with_the_sampled_answers(
     assert exported == pytest.approx(agreed / len(texts))
 
 
+def test_calibration_reports_each_thresholds_queue_share_and_error_rates(
+    tiny_build: Path, redis_server: RedisServer, sampling_router: RouterProcess
+) -> None:
+    texts = [e.text[:250] for e in load_splits(tiny_build / "work" / "sentiment" / "data").test]
+    texts = list(dict.fromkeys(texts))[:30]
+    with sampling_router.client() as client:
+        answers = [client.predict("sentiment", text, policy=Policy.MODEL_ONLY) for text in texts]
+    stream = quality_samples_key("quality-sentiment")
+    deadline = time.monotonic() + 10
+    while redis_server.client().xlen(stream) < len(texts) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    # One threshold that keeps every answer, one at their median confidence.
+    middle = round(sorted(a.score for a in answers)[len(answers) // 2], 2)
+    thresholds = (0.3, middle)
+    result = run_switchyard(
+        "quality", "calibrate", "--task", "sentiment", "--namespace", "quality-sentiment",
+        "--build", str(tiny_build), "--redis-url", redis_server.url, "--no-progress",
+        "--thresholds", ",".join(map(str, thresholds)), "--target-error", "1.0",
+    )  # fmt: skip
+    expected = teacher_labels(tiny_build, "sentiment", texts)
+    judged = [(a.score, a.label == t) for a, t in zip(answers, expected, strict=True)]
+    for threshold in thresholds:
+        below = [agreed for score, agreed in judged if score < threshold]
+        above = [agreed for score, agreed in judged if score >= threshold]
+        queued = f"{len(below) / len(texts):.1%}"
+        error_below = f"{below.count(False) / len(below):.1%}" if below else "-"
+        error_above = f"{above.count(False) / len(above):.1%}" if above else "-"
+        rows = [
+            [cell for cell in line.split() if cell != "│"]
+            for line in result.stdout.splitlines()
+            if f" {threshold:.2f} " in line
+        ]
+        assert rows and rows[0][:4] == [f"{threshold:.2f}", queued, error_below, error_above], (
+            result.stdout
+        )
+    # Any error rate meets a target of 100%: the lowest threshold, which keeps all, is named.
+    assert "lowest threshold whose unqueued answers err at most 100.0% (95% high): 0.30" in (
+        " ".join(result.stdout.split())
+    )
+    # Calibrating only reads: no quality record was stored.
+    assert redis_server.client().get(quality_record_key("quality-sentiment")) is None
+
+
 def test_scoring_bad_input_is_one_line_and_exit_2(
     tiny_build: Path, redis_server: RedisServer
 ) -> None:

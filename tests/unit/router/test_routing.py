@@ -2,6 +2,7 @@
 real redis-server, the model route (a stand-in student), policies, the misses queue, metrics."""
 
 import asyncio
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -12,11 +13,14 @@ import pytest
 from router import contract
 from router.client import Policy, RequestError, Route
 from services.contracts.cache_schema import (
+    miss_day,
+    misses_count_key,
     misses_seen_key,
     misses_stream_key,
     prediction_key,
     quality_record_key,
     quality_samples_key,
+    top_misses_key,
 )
 from services.contracts.quality_schema import QualityRecord, QualitySample, VersionAgreement
 from services.processes.redis_server import RedisServer
@@ -252,6 +256,41 @@ def test_the_last_quality_record_is_exported_and_stale_versions_disappear(
             bed.metric("switchyard_quality_student_agreement", task="topic", model_version="2")
             == 0.9
         )
+
+    run(redis_server, body)
+
+
+def test_uncached_texts_are_counted_by_day_and_the_days_set_stays_bounded(
+    redis_server: RedisServer,
+) -> None:
+    client = redis_server.client()
+
+    async def body(bed: Bed) -> None:
+        await bed.publish("topic", CACHED, client)
+        for text in ["Rare one", "hot text", "HOT  text", next(iter(CACHED)), "hot text", "x"]:
+            await bed.client.predict("topic", text)
+        await bed.client.predict("topic", "asked of the model only", policy=Policy.MODEL_ONLY)
+        (counts,) = bed.router.miss_counts.take()
+        namespace = bed.namespace("topic")
+        # A hit and a MODEL_ONLY request (which skips the cache) are not misses.
+        assert (counts.namespace, counts.texts, counts.total) == (
+            namespace,
+            {"hot text": 3, "rare one": 1, "x": 1},
+            5,
+        )
+        now = time.time()
+        await bed.cache.count_misses(namespace, counts.texts, counts.total, now, capacity=2)
+        top = top_misses_key(namespace, miss_day(now))
+        assert client.zrange(top, 0, -1, withscores=True) == [
+            (b"rare one", 1.0), (b"x", 1.0), (b"hot text", 3.0),
+        ]  # fmt: skip
+        assert client.get(misses_count_key(namespace, miss_day(now))) == b"5"
+        assert 0 < client.ttl(top) <= 8 * 86400
+        # Past twice the capacity: cut back to the capacity's most frequent.
+        more = {"hot text": 1, "y": 1, "z": 2}
+        await bed.cache.count_misses(namespace, more, 4, now, capacity=2)
+        assert client.zrange(top, 0, -1, withscores=True) == [(b"z", 2.0), (b"hot text", 4.0)]
+        assert client.get(misses_count_key(namespace, miss_day(now))) == b"9"
 
     run(redis_server, body)
 
