@@ -3,15 +3,23 @@ the results in Redis and in the metrics file."""
 
 import json
 import subprocess
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import redis
 from prometheus_client.parser import text_string_to_metric_families
 
+from router.client import Policy, Prediction
+from services.contracts.cache_schema import quality_samples_key
 from services.contracts.text import normalize_text
 from services.pipeline.teacher import load_classifier
 from services.pipeline.training import predict_logits
-from tests.integration.conftest import run_switchyard
+from services.processes.redis_server import RedisServer
+from services.stack.router_process import RouterProcess
+from tests.integration.conftest import TASK_LIMITS, run_switchyard
 
 
 def write_jsonl(path: Path, texts: list[str]) -> Path:
@@ -59,3 +67,48 @@ def generation_keys(client: redis.Redis, namespace: str, generation: str) -> dic
     ]
     values = client.mget(keys) if keys else []
     return {key.decode().rsplit(":", 1)[1]: value for key, value in zip(keys, values, strict=True)}
+
+
+@contextmanager
+def namespaced_router(
+    directory: Path,
+    tiny_build: Path,
+    redis_server: RedisServer,
+    triton_port: int,
+    task: str,
+    namespace: str,
+    **settings: Any,
+) -> Iterator[RouterProcess]:
+    """A router serving `task` from a cache namespace of its own; stopped, and every key of
+    the namespace deleted, afterwards."""
+    tasks = {**TASK_LIMITS["tasks"]}
+    tasks[task] = {**tasks[task], "cache_namespace": namespace}
+    router = RouterProcess(
+        directory, tiny_build / "model_repository", redis_server.url, triton_port,
+        tasks=tasks, **settings,
+    )  # fmt: skip
+    try:
+        router.start()
+        yield router
+    finally:
+        router.stop()
+        client = redis_server.client()
+        for pattern in (f"switchyard:{{{namespace}}}*", f"switchyard:{namespace}:*"):
+            for key in client.scan_iter(match=pattern, count=1000):
+                client.delete(key)
+
+
+def sampled_model_answers(
+    router: RouterProcess, redis_server: RedisServer, task: str, namespace: str, texts: list[str]
+) -> list[Prediction]:
+    """The model route's answer to each text, once the router (sampling every answer) has
+    recorded them all, off the request path."""
+    with router.client() as client:
+        answers = [client.predict(task, text, policy=Policy.MODEL_ONLY) for text in texts]
+    stream = quality_samples_key(namespace)
+    redis_client = redis_server.client()
+    deadline = time.monotonic() + 10
+    while redis_client.xlen(stream) < len(texts) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert redis_client.xlen(stream) == len(texts)
+    return answers

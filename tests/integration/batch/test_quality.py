@@ -11,15 +11,21 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from router.client import Policy
-from services.contracts.cache_schema import quality_record_key, quality_samples_key
+from services.contracts.cache_schema import quality_record_key
 from services.contracts.quality_schema import QualityRecord, wilson_interval
 from services.pipeline.datasets import load_splits
 from services.processes.redis_server import RedisServer
 from services.stack.router_process import RouterProcess
 from services.triton.server import TritonServer
-from tests.integration.batch.helpers import metrics, teacher_labels
-from tests.integration.conftest import TASK_LIMITS, run_switchyard
+from tests.integration.batch.helpers import (
+    metrics,
+    namespaced_router,
+    sampled_model_answers,
+    teacher_labels,
+)
+from tests.integration.conftest import run_switchyard
+
+NAMESPACE = "quality-sentiment"
 
 
 @pytest.fixture()
@@ -27,21 +33,11 @@ def sampling_router(
     tiny_build: Path, triton: TritonServer, redis_server: RedisServer, tmp_path: Path
 ) -> Iterator[RouterProcess]:
     """A router that records every model-route answer, on a namespace of its own."""
-    tasks = {**TASK_LIMITS["tasks"]}
-    tasks["sentiment"] = {**tasks["sentiment"], "cache_namespace": "quality-sentiment"}
-    router = RouterProcess(
-        tmp_path, tiny_build / "model_repository", redis_server.url, triton.settings.grpc_port,
-        tasks=tasks, quality_sample_rate=1.0, quality_poll_seconds=0.5,
-    )  # fmt: skip
-    try:
-        router.start()
+    with namespaced_router(
+        tmp_path, tiny_build, redis_server, triton.settings.grpc_port, "sentiment", NAMESPACE,
+        quality_sample_rate=1.0, quality_poll_seconds=0.5,
+    ) as router:  # fmt: skip
         yield router
-    finally:
-        router.stop()
-        client = redis_server.client()
-        client.delete(
-            quality_samples_key("quality-sentiment"), quality_record_key("quality-sentiment")
-        )
 
 
 def test_scoring_publishes_the_teachers_agreement_with_the_sampled_answers(
@@ -49,24 +45,18 @@ def test_scoring_publishes_the_teachers_agreement_with_the_sampled_answers(
 ) -> None:
     texts = [e.text[:250] for e in load_splits(tiny_build / "work" / "sentiment" / "data").test]
     texts = list(dict.fromkeys(texts))[:40]
-    with sampling_router.client() as client:
-        answers = [client.predict("sentiment", text, policy=Policy.MODEL_ONLY) for text in texts]
-    stream = quality_samples_key("quality-sentiment")
+    answers = sampled_model_answers(sampling_router, redis_server, "sentiment", NAMESPACE, texts)
     client_redis = redis_server.client()
-    deadline = time.monotonic() + 10
-    while client_redis.xlen(stream) < len(texts) and time.monotonic() < deadline:
-        time.sleep(0.05)  # recorded off the request path
-    assert client_redis.xlen(stream) == len(texts)
 
     metrics_file = tmp_path / "quality.prom"
     result = run_switchyard(
-        "quality", "score", "--task", "sentiment", "--namespace", "quality-sentiment",
+        "quality", "score", "--task", "sentiment", "--namespace", NAMESPACE,
         "--build", str(tiny_build), "--redis-url", redis_server.url, "--no-progress",
         "--metrics-file", str(metrics_file),
     )  # fmt: skip
     assert "student vs teacher" in result.stdout
 
-    record = QualityRecord.from_json(client_redis.get(quality_record_key("quality-sentiment")))
+    record = QualityRecord.from_json(client_redis.get(quality_record_key(NAMESPACE)))
     (version,) = record.versions
     assert (version.model, version.model_version) == (answers[0].model, answers[0].model_version)
     expected = teacher_labels(tiny_build, "sentiment", texts)
@@ -106,17 +96,12 @@ def test_calibration_reports_each_thresholds_queue_share_and_error_rates(
 ) -> None:
     texts = [e.text[:250] for e in load_splits(tiny_build / "work" / "sentiment" / "data").test]
     texts = list(dict.fromkeys(texts))[:30]
-    with sampling_router.client() as client:
-        answers = [client.predict("sentiment", text, policy=Policy.MODEL_ONLY) for text in texts]
-    stream = quality_samples_key("quality-sentiment")
-    deadline = time.monotonic() + 10
-    while redis_server.client().xlen(stream) < len(texts) and time.monotonic() < deadline:
-        time.sleep(0.05)
+    answers = sampled_model_answers(sampling_router, redis_server, "sentiment", NAMESPACE, texts)
     # One threshold that keeps every answer, one at their median confidence.
     middle = round(sorted(a.score for a in answers)[len(answers) // 2], 2)
     thresholds = (0.3, middle)
     result = run_switchyard(
-        "quality", "calibrate", "--task", "sentiment", "--namespace", "quality-sentiment",
+        "quality", "calibrate", "--task", "sentiment", "--namespace", NAMESPACE,
         "--build", str(tiny_build), "--redis-url", redis_server.url, "--no-progress",
         "--thresholds", ",".join(map(str, thresholds)), "--target-error", "1.0",
     )  # fmt: skip
@@ -141,7 +126,7 @@ def test_calibration_reports_each_thresholds_queue_share_and_error_rates(
         " ".join(result.stdout.split())
     )
     # Calibrating only reads: no quality record was stored.
-    assert redis_server.client().get(quality_record_key("quality-sentiment")) is None
+    assert redis_server.client().get(quality_record_key(NAMESPACE)) is None
 
 
 def test_scoring_bad_input_is_one_line_and_exit_2(

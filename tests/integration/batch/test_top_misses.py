@@ -22,8 +22,7 @@ from services.contracts.text import normalize_text
 from services.processes.redis_server import RedisServer
 from services.stack.router_process import RouterProcess
 from services.triton.server import TritonServer
-from tests.integration.batch.helpers import batch_run, metrics
-from tests.integration.conftest import TASK_LIMITS
+from tests.integration.batch.helpers import batch_run, metrics, namespaced_router
 
 NAMESPACE = "top-misses-topic"
 HOT = {
@@ -40,21 +39,11 @@ def counting_router(
 ) -> Iterator[RouterProcess]:
     """A router flushing its miss counts every 0.2 s and sampling every model answer, on a
     namespace of its own."""
-    tasks = {**TASK_LIMITS["tasks"]}
-    tasks["topic"] = {**tasks["topic"], "cache_namespace": NAMESPACE}
-    router = RouterProcess(
-        tmp_path, tiny_build / "model_repository", redis_server.url, triton.settings.grpc_port,
-        tasks=tasks, top_misses_flush_seconds=0.2, quality_sample_rate=1.0,
-    )  # fmt: skip
-    try:
-        router.start()
+    with namespaced_router(
+        tmp_path, tiny_build, redis_server, triton.settings.grpc_port, "topic", NAMESPACE,
+        top_misses_flush_seconds=0.2, quality_sample_rate=1.0,
+    ) as router:  # fmt: skip
         yield router
-    finally:
-        router.stop()
-        client = redis_server.client()
-        for pattern in (f"switchyard:{{{NAMESPACE}}}*", f"switchyard:{NAMESPACE}:*"):
-            for key in client.scan_iter(match=pattern, count=1000):
-                client.delete(key)
 
 
 def workload() -> list[str]:
