@@ -9,6 +9,7 @@ what a user would deploy instead, in one run, with the server CPU each request c
     (g) 1..64 concurrent clients, and open loop
     (h) the offline batch job's teacher rows/s and Redis keys/s
     (k) an open-loop mix: Zipf-distributed cached texts, and a tail of unseen ones (80/20)
+    (t) the same router with tracing off, on and sampled at 1% (bench.tracing_cost)
 
 Every phase runs for a fixed time; the client shares the machine's cores with the servers, so
 server CPU per request (from /proc, via psutil) is reported beside the latencies. Rows that a
@@ -44,6 +45,7 @@ from bench import batch_job
 from bench.load import Call, Run, closed_loop, open_loop
 from bench.routes import RoutedCalls, premise
 from bench.scale_out import scale_out
+from bench.tracing_cost import tracing_cost
 from router.client import AsyncRouterClient, Route
 from router.model import StudentClient
 from services.batch.store import GenerationStore
@@ -411,11 +413,35 @@ async def _measure(options: BenchOptions, say: Callable[[str], None]) -> dict[st
         options.task, repository, redis_url, stack["redis"].pid, cached, unseen, measure, say
     )
     rows += scaled["rows"]
+
+    async def interleave(phases: list[tuple[str, Call[object], list[int]]]) -> list[Any]:
+        measured = [(name, call, _CpuMeter(pids), 1) for name, call, pids in phases]
+        return await _interleaved(measured, seconds, options.rounds)
+
+    say("tracing: the same router off, on and sampled at 1%")
+    (options.out_dir / "tracing").mkdir(parents=True, exist_ok=True)
+    traced = await tracing_cost(
+        options.task,
+        options.out_dir / "tracing",
+        repository,
+        redis_url,
+        int(stack["triton"].address.rsplit(":", 1)[1]),
+        cached,
+        unseen,
+        interleave,
+        [stack["redis"].pid, stack["triton"].pid],
+    )
+    rows += traced["rows"]
     await raw.aclose()
     await triton.close()
     await student.close()
     await router.close()
-    return {"rows": rows, "batch": _batch_rates(options, say), "scale_out": scaled}
+    return {
+        "rows": rows,
+        "batch": _batch_rates(options, say),
+        "scale_out": scaled,
+        "tracing": traced,
+    }
 
 
 def _batch_rates(options: BenchOptions, say: Callable[[str], None]) -> dict[str, Any]:
@@ -586,7 +612,11 @@ def run_bench(options: BenchOptions, say: Callable[[str], None]) -> dict[str, An
     started_at = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     measured = asyncio.run(_measure(options, say))
     rows = measured["rows"]
-    ratios = target_ratios(rows, options.concurrencies) + measured["scale_out"]["ratios"]
+    ratios = (
+        target_ratios(rows, options.concurrencies)
+        + measured["scale_out"]["ratios"]
+        + measured["tracing"]["ratios"]
+    )
     for ratio in ratios:
         ratio["reached"] = not ratio.get("premise") and _reached(ratio["value"], ratio["target"])
     results = {
@@ -603,6 +633,8 @@ def run_bench(options: BenchOptions, say: Callable[[str], None]) -> dict[str, An
         "rows": rows,
         "ratios": ratios,
         "batch": measured["batch"],
+        # Server spans the traced routers exported, and the requests each answered.
+        "tracing": {k: measured["tracing"][k] for k in ("exported", "answered")},
     }
     options.out_dir.mkdir(parents=True, exist_ok=True)
     charts = _charts(rows, options.out_dir)

@@ -10,9 +10,10 @@ its texts out of the next call, or the call in flight to the others.
 """
 
 import asyncio
+import contextvars
 from collections import deque
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
 __all__ = ["CallBatcher"]
@@ -26,6 +27,9 @@ class _Waiter(Generic[Item, Result]):
     items: list[Item]
     deadline: float  # the event loop's clock
     answer: "asyncio.Future[list[Result]]"
+    # The caller's context: a call runs in its first caller's (its trace span, so the call's
+    # own span is that request's child).
+    context: contextvars.Context = field(default_factory=contextvars.copy_context)
 
 
 class CallBatcher(Generic[Item, Result]):
@@ -80,7 +84,7 @@ class CallBatcher(Generic[Item, Result]):
                     batch.append(waiter)
                     count += len(waiter.items)
             if batch:
-                job = asyncio.create_task(self._run(batch))
+                job = asyncio.create_task(self._run(batch), context=batch[0].context)
                 self._in_flight.add(job)
                 job.add_done_callback(self._finished)
 

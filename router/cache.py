@@ -22,11 +22,13 @@ from dataclasses import dataclass
 from typing import Any
 
 import redis.asyncio as redis
+from opentelemetry import trace
 from redis.exceptions import RedisError
 
 from router.announcements import Announcements
 from router.errors import DependencyUnavailable
 from router.local_tier import LocalTier, NotHeld
+from router.tracing import NO_TRACER
 from services.contracts.cache_schema import (
     GENERATIONS_CHANNEL,
     MISS_DAYS_KEPT,
@@ -99,8 +101,10 @@ class PredictionCache:
         poll_s: float,
         tier: LocalTier,
         samples_max_len: int = 10_000,
+        tracer: trace.Tracer = NO_TRACER,
     ) -> None:
         self._client = client
+        self._tracer = tracer
         self._samples_max_len = samples_max_len
         self._tier = tier
         self._library_error_logged_at = float("-inf")
@@ -253,19 +257,27 @@ class PredictionCache:
         expected = set(labels)
         malformed = 0
         asked: list[int] = []
-        for index, digest in enumerate(digests):
-            held = self._tier.get(namespace, generation, digest)
-            if isinstance(held, NotHeld):
-                asked.append(index)
-            elif held is not None and held.scores.keys() != expected:
-                malformed += 1
-            else:
-                predictions[index] = held
-        from_tier = len(texts) - len(asked)
+        with self._tracer.start_as_current_span("cache tier") as span:
+            for index, digest in enumerate(digests):
+                held = self._tier.get(namespace, generation, digest)
+                if isinstance(held, NotHeld):
+                    asked.append(index)
+                elif held is not None and held.scores.keys() != expected:
+                    malformed += 1
+                else:
+                    predictions[index] = held
+            from_tier = len(texts) - len(asked)
+            span.set_attribute("switchyard.cache.tier_answered", from_tier)
         if not asked:
             return CacheRead(predictions, malformed, from_tier)
         keys = [prediction_key_for_hash(namespace, generation, digests[i]) for i in asked]
-        values = await self._get_all("MGET", keys, timeout_s)
+        operation = "GET" if len(keys) == 1 else "MGET"
+        with self._tracer.start_as_current_span(
+            f"redis {operation}", kind=trace.SpanKind.CLIENT
+        ) as span:
+            span.set_attributes({"db.system.name": "redis", "db.operation.name": operation,
+                                 "db.operation.batch.size": len(keys)})  # fmt: skip
+            values = await self._get_all(operation, keys, timeout_s)
         # Kept only while this is still the namespace's generation: a read that outlived a
         # flip must not fill the tier with a retired generation.
         current = self._generations.get(namespace) == generation

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
+from opentelemetry import trace
 from tritonclient.grpc import InferInput
 from tritonclient.utils import InferenceServerException
 
@@ -22,6 +23,7 @@ from router.batching import CallBatcher
 from router.errors import DeadlineExceeded, DependencyUnavailable
 from router.replicas import TritonReplicas
 from router.rollout import Serving
+from router.tracing import NO_TRACER
 from services.contracts.model_io import OUTPUT_NAME, TextEncoder, softmax
 from services.contracts.model_repository import (
     CONFIG_FILE,
@@ -91,11 +93,12 @@ class StudentClient:
         buckets: list[int],
         ready_timeout_s: float = 60.0,
         calls_in_flight: int = 4,
+        tracer: trace.Tracer = NO_TRACER,
     ) -> None:
         """`calls_in_flight`: calls of one version open at once per replica; texts that come
         while all are open share the next call."""
         # A replica that leaves is closed after the longest call it may still hold.
-        self.replicas = TritonReplicas(url, _CHANNEL_ARGS, drain_s=timeout_s + 5.0)
+        self.replicas = TritonReplicas(url, _CHANNEL_ARGS, drain_s=timeout_s + 5.0, tracer=tracer)
         self._repository = repository
         self._timeout_s = timeout_s
         self._buckets = sorted(buckets)

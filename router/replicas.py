@@ -30,8 +30,11 @@ import dns.asyncresolver
 import dns.exception
 import grpc
 import tritonclient.grpc.aio as triton_aio
+from opentelemetry import trace
 from tritonclient.grpc import InferInput, InferResult
 from tritonclient.utils import InferenceServerException
+
+from router.tracing import NO_TRACER, trace_headers
 
 __all__ = ["TritonReplicas"]
 
@@ -57,9 +60,14 @@ class _Replica:
 
 class TritonReplicas:
     def __init__(
-        self, target: str, channel_args: Sequence[tuple[str, Any]], drain_s: float = 10.0
+        self,
+        target: str,
+        channel_args: Sequence[tuple[str, Any]],
+        drain_s: float = 10.0,
+        tracer: trace.Tracer = NO_TRACER,
     ) -> None:
         self._drain_s = drain_s
+        self._tracer = tracer
         self._channel_args = list(channel_args)
         self._replicas: list[_Replica] = []
         self._turn = itertools.count()
@@ -147,9 +155,23 @@ class TritonReplicas:
                     "the budget ran out while replicas failed", status=_DEADLINE_EXCEEDED
                 )
             try:
-                result: InferResult = await replica.client.infer(
-                    model, inputs, model_version=version, client_timeout=remaining
-                )
+                with self._tracer.start_as_current_span(
+                    "triton ModelInfer", kind=trace.SpanKind.CLIENT
+                ) as span:
+                    if span.is_recording():
+                        span.set_attributes({
+                            "rpc.system.name": "grpc",
+                            "server.address": replica.address,
+                            "switchyard.model": model,
+                            "switchyard.model_version": version,
+                        })  # fmt: skip
+                    result: InferResult = await replica.client.infer(
+                        model,
+                        inputs,
+                        model_version=version,
+                        client_timeout=remaining,
+                        headers=trace_headers(),
+                    )
                 return result
             except InferenceServerException as exc:
                 if exc.status() not in _RETRYABLE:

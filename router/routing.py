@@ -10,6 +10,8 @@ import time
 from collections.abc import Awaitable, Coroutine, Sequence
 from typing import Any, Protocol, TypeVar
 
+from opentelemetry import trace
+
 from router.answers import Answer, ModelAnswer, Policy, Route, TaskInfo
 from router.cache import PredictionCache
 from router.errors import CacheMiss, DeadlineExceeded, DependencyUnavailable, InvalidRequest
@@ -18,6 +20,7 @@ from router.rollout import Serving, StudentModel
 from router.settings import RouterSettings, TaskSettings
 from router.single_flight import SingleFlight
 from router.top_misses import MissCounter
+from router.tracing import NO_TRACER
 from services.contracts.cache_schema import CachedPrediction
 from services.contracts.quality_schema import QualitySample
 
@@ -53,8 +56,10 @@ class Router:
         cache: PredictionCache,
         student: Student[Any],
         metrics: RouterMetrics,
+        tracer: trace.Tracer = NO_TRACER,
     ) -> None:
         self._settings = settings
+        self._tracer = tracer
         self._tasks = dict(tasks)
         self._cache = cache
         self._student = student
@@ -209,7 +214,17 @@ class Router:
             if unsure:
                 self._queue_misses(task, settings.cache_namespace, unsure)
             self._sample(task, settings.cache_namespace, [texts[i] for i in missing], answered)
-        return [answer for answer in answers if answer is not None]
+        done = [answer for answer in answers if answer is not None]
+        span = trace.get_current_span()
+        if span.is_recording():
+            versions = sorted({a.model_version for a in done if a.route is Route.MODEL})
+            span.set_attributes({
+                "switchyard.texts": len(texts),
+                "switchyard.cache_hits": len(texts) - len(missing),
+                "switchyard.cache_generation": consulted,
+                "switchyard.model_version": ",".join(versions),
+            })  # fmt: skip
+        return done
 
     def _remaining(self, deadline: float | None) -> float:
         if deadline is None:
@@ -293,9 +308,17 @@ class Router:
             return self._student.classify(model, [texts[i] for i in indices], remaining)
 
         try:
-            answers, shared = await self._flights.many(
-                [(model.name, model.version, text) for text in texts], classify, deadline
-            )
+            with self._tracer.start_as_current_span(f"model {role}") as span:
+                answers, shared = await self._flights.many(
+                    [(model.name, model.version, text) for text in texts], classify, deadline
+                )
+                if span.is_recording():
+                    span.set_attributes({
+                        "switchyard.model": model.name,
+                        "switchyard.model_version": model.version,
+                        "switchyard.texts": len(texts),
+                        "switchyard.texts_shared": shared,
+                    })  # fmt: skip
         except DeadlineExceeded:
             self._metrics.model_calls.labels(task, model.version, role, "deadline").inc()
             raise

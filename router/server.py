@@ -9,11 +9,13 @@ import functools
 import logging
 import signal
 import time
+from typing import TYPE_CHECKING
 
 import grpc
 import redis.asyncio as redis
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
+from opentelemetry import trace
 from prometheus_client import CollectorRegistry, start_http_server
 
 from router import contract
@@ -28,7 +30,11 @@ from router.servicer import RouterServicer, add_router_to_server
 from router.settings import RouterSettings, TaskSettings
 from router.tasks import read_tasks, repository_state
 from router.tls import server_credentials
+from router.tracing import NO_TRACER, tracer_of, tracer_provider
 from services.contracts.redis_connection import async_client
+
+if TYPE_CHECKING:
+    from opentelemetry.sdk.trace import TracerProvider
 
 __all__ = ["prediction_cache", "rollout_records", "serve", "student_client"]
 
@@ -53,7 +59,10 @@ def _redis_client(settings: RouterSettings) -> "redis.Redis":
 
 
 def prediction_cache(
-    settings: RouterSettings, tasks: dict[str, TaskSettings], metrics: RouterMetrics
+    settings: RouterSettings,
+    tasks: dict[str, TaskSettings],
+    metrics: RouterMetrics,
+    tracer: trace.Tracer = NO_TRACER,
 ) -> PredictionCache:
     """The cache route of these tasks as the settings describe it (not started)."""
     tier = LocalTier(
@@ -71,10 +80,11 @@ def prediction_cache(
         samples_max_len=settings.quality_samples_max_len,
         poll_s=settings.generation_poll_seconds,
         tier=tier,
+        tracer=tracer,
     )
 
 
-def student_client(settings: RouterSettings) -> StudentClient:
+def student_client(settings: RouterSettings, tracer: trace.Tracer = NO_TRACER) -> StudentClient:
     """The model route as the settings describe it (no version loaded yet)."""
     return StudentClient(
         settings.triton_url,
@@ -83,6 +93,7 @@ def student_client(settings: RouterSettings) -> StudentClient:
         buckets=settings.length_buckets,
         ready_timeout_s=settings.version_ready_timeout_seconds,
         calls_in_flight=settings.model_calls_in_flight,
+        tracer=tracer,
     )
 
 
@@ -117,9 +128,13 @@ async def _watch_health(
 
 
 def _grpc_server(
-    settings: RouterSettings, router: Router, metrics: RouterMetrics
+    settings: RouterSettings,
+    router: Router,
+    metrics: RouterMetrics,
+    tracer: trace.Tracer,
 ) -> grpc.aio.Server:
-    """The gRPC server: the Router service, health and reflection (health set by the caller)."""
+    """The gRPC server: the Router service (its RPCs traced by `tracer`), health and
+    reflection (health set by the caller)."""
     server = grpc.aio.server(
         options=[
             ("grpc.max_receive_message_length", settings.max_message_bytes),
@@ -128,7 +143,7 @@ def _grpc_server(
         ],
         maximum_concurrent_rpcs=settings.max_concurrent_rpcs,
     )
-    add_router_to_server(RouterServicer(router, metrics), server)
+    add_router_to_server(RouterServicer(router, metrics, tracer), server)
     reflection.enable_server_reflection(
         [contract.SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME], server
     )
@@ -327,9 +342,15 @@ async def _cancel(task: "asyncio.Task[None]") -> None:
         await task
 
 
-async def serve(settings: RouterSettings, ready: asyncio.Event | None = None) -> None:
+async def serve(
+    settings: RouterSettings,
+    ready: asyncio.Event | None = None,
+    provider: "TracerProvider | None" = None,
+) -> None:
     """Run the router until SIGTERM or SIGINT. A start that fails half way (a port in use, a
-    model repository without the model) closes what it had opened before raising."""
+    model repository without the model) closes what it had opened before raising.
+
+    Spans go to `provider` when given (a test's), else to the settings' OTLP endpoint."""
     # First, so a bad certificate stops the start before anything else is set up.
     credentials = server_credentials(settings)
     registry = CollectorRegistry()
@@ -339,7 +360,12 @@ async def serve(settings: RouterSettings, ready: asyncio.Event | None = None) ->
         if not found.tasks:
             reasons = "; ".join(found.problems) or f"{settings.model_repository} holds no model"
             raise ValueError(f"no task to serve: {reasons}")
-        student = student_client(settings)
+        if provider is None:
+            provider = tracer_provider(settings)
+            if provider is not None:
+                resources.callback(provider.shutdown)  # the spans still queued go out
+        tracer = tracer_of(provider)
+        student = student_client(settings, tracer)
         resources.push_async_callback(student.close)
         tasks = await _loadable(found.tasks, student, found.problems)
         versions_changed = asyncio.Event()
@@ -348,13 +374,13 @@ async def serve(settings: RouterSettings, ready: asyncio.Event | None = None) ->
         # Before the first request: a router started during a rollout serves what it asks.
         await _move_versions(student, records, metrics)
         records.start()
-        cache = prediction_cache(settings, tasks, metrics)
+        cache = prediction_cache(settings, tasks, metrics, tracer)
         await cache.start()
         resources.push_async_callback(cache.close)
         _export_generation_ages(metrics, cache, tasks)
-        router = Router(settings, tasks, cache, student, metrics)
+        router = Router(settings, tasks, cache, student, metrics, tracer)
         resources.push_async_callback(router.drain)
-        server = _grpc_server(settings, router, metrics)
+        server = _grpc_server(settings, router, metrics, tracer)
         health_servicer = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
         address = f"{settings.host}:{settings.grpc_port}"

@@ -12,6 +12,7 @@ from typing import Any, TypeVar
 
 import grpc
 from google.protobuf.message import DecodeError, Message
+from opentelemetry import trace
 
 from router import contract
 from router.answers import Answer, Policy
@@ -24,6 +25,7 @@ from router.errors import (
 )
 from router.metrics import RouterMetrics
 from router.routing import Router
+from router.tracing import NO_TRACER, end_rpc, rpc_span
 
 __all__ = ["STATUS_OF", "RouterServicer", "add_router_to_server", "status_of"]
 
@@ -80,9 +82,12 @@ def _route_label(answers: list[Answer]) -> str:
 class RouterServicer:
     """The Router service of protos/switchyard/v1/router.proto; requests arrive as bytes."""
 
-    def __init__(self, router: Router, metrics: RouterMetrics) -> None:
+    def __init__(
+        self, router: Router, metrics: RouterMetrics, tracer: trace.Tracer = NO_TRACER
+    ) -> None:
         self._router = router
         self._metrics = metrics
+        self._tracer = tracer
 
     async def Predict(
         self, raw: bytes, context: grpc.aio.ServicerContext
@@ -151,33 +156,60 @@ class RouterServicer:
         """
         started = time.perf_counter()
         task_label, route = "unknown", "none"
-        try:
-            request = _parse(message_type, raw)
-            task: str = getattr(request, "task", "")
-            # Only configured task names become label values; anything else is "unknown".
-            task_label = task if self._router.serves(task) or not task else "unknown"
-            reply, route = await answer(request, started)
-        except RouterError as exc:
-            code, message = status_of(exc), str(exc)
-        except asyncio.CancelledError:
-            self._record(method, task_label, route, grpc.StatusCode.CANCELLED, started)
-            raise
-        except Exception as exc:
-            code, message = grpc.StatusCode.INTERNAL, "internal error; the server log has details"
-            # One line per error, and never the request's text.
-            _log.error("%s failed for task %s: %s", method, task_label, type(exc).__name__)
-        else:
-            self._record(method, task_label, route, grpc.StatusCode.OK, started)
-            return reply
-        self._record(method, task_label, route, code, started)
+        metadata = None if self._tracer is NO_TRACER else context.invocation_metadata()
+        with rpc_span(self._tracer, contract.SERVICE, method, metadata) as span:
+            try:
+                request = _parse(message_type, raw)
+                task: str = getattr(request, "task", "")
+                # Only configured task names become label values; anything else is "unknown".
+                task_label = task if self._router.serves(task) or not task else "unknown"
+                reply, route = await answer(request, started)
+            except RouterError as exc:
+                code, message = status_of(exc), str(exc)
+            except asyncio.CancelledError:
+                code = grpc.StatusCode.CANCELLED
+                self._record(method, task_label, route, code, started, span, "cancelled")
+                raise
+            except Exception as exc:
+                code = grpc.StatusCode.INTERNAL
+                message = "internal error; the server log has details"
+                # One line per error, and never the request's text.
+                _log.error("%s failed for task %s: %s", method, task_label, type(exc).__name__)
+            else:
+                self._record(method, task_label, route, grpc.StatusCode.OK, started, span, "")
+                return reply
+            self._record(method, task_label, route, code, started, span, message)
         await context.abort(code, message)
         raise AssertionError("unreachable: context.abort raises")
 
     def _record(
-        self, method: str, task: str, route: str, code: grpc.StatusCode, started: float
+        self,
+        method: str,
+        task: str,
+        route: str,
+        code: grpc.StatusCode,
+        started: float,
+        span: trace.Span,
+        message: str,
     ) -> None:
         self._metrics.requests.labels(method, task, route, code.name).inc()
-        self._metrics.latency.labels(method, task, route).observe(time.perf_counter() - started)
+        latency = self._metrics.latency.labels(method, task, route)
+        seconds = time.perf_counter() - started
+        if not span.is_recording():
+            latency.observe(seconds)
+            return
+        end_rpc(span, code, message)
+        span.set_attributes({
+            "switchyard.task": task,
+            "switchyard.route": route,
+            "switchyard.outcome": code.name,
+        })  # fmt: skip
+        # The bucket links to this trace (exemplars: OpenMetrics scrapes only).
+        traced = span.get_span_context()
+        latency.observe(
+            seconds,
+            exemplar={"trace_id": f"{traced.trace_id:032x}", "span_id": f"{traced.span_id:016x}"},
+        )
 
 
 def add_router_to_server(servicer: RouterServicer, server: grpc.aio.Server) -> None:

@@ -119,6 +119,20 @@ class RouterSettings(RedisSettings, BaseSettings):
     quality_poll_seconds: float = Field(
         30.0, gt=0, description="how often the quality records are read for the metrics"
     )
+    tracing_otlp_endpoint: str = Field(
+        "",
+        description="OTLP/gRPC collector spans go to (http://otel-collector:4317); empty: "
+        "tracing off (router.tracing)",
+    )
+    tracing_otlp_insecure: bool = Field(True, description="plaintext to the collector")
+    tracing_sample_ratio: float = Field(
+        1.0,
+        ge=0.0,
+        le=1.0,
+        description="share of the traces started here that are recorded; a client's "
+        "sampling decision stands",
+    )
+    tracing_service_name: str = "switchyard-router"
     cache_tier_max_entries: int = Field(
         100_000, ge=0, description="predictions and known misses kept in memory; 0: off"
     )

@@ -229,6 +229,8 @@ def up(settings: StackSettings, say: Callable[[str], None]) -> list[ProcessRecor
             command = [
                 prometheus, f"--config.file={config}", f"--web.listen-address={address}",
                 f"--storage.tsdb.path={settings.state_dir / 'prometheus'}",
+                # Latency buckets carry trace ids when the router traces.
+                "--enable-feature=exemplar-storage",
             ]  # fmt: skip
             start("prometheus", command, address, lambda: http_ok(f"http://{address}/-/ready"))
         else:

@@ -4,6 +4,7 @@ from typing import Any, cast
 
 from bench.routes import RoutedCalls, premise
 from bench.stack_bench import target_ratios, zipf_mix
+from bench.tracing_cost import export_premises
 from router.client import AsyncRouterClient, Route
 
 
@@ -66,3 +67,15 @@ def test_the_mix_draws_the_head_by_rank_and_the_tail_evenly() -> None:
     head = [text for text in mix if text.startswith("hot")]
     assert 0.77 < len(head) / len(mix) < 0.83
     assert head.count("hot 0") > 5 * head.count("hot 9")
+
+
+def test_tracing_ratios_need_the_spans_their_rows_promise() -> None:
+    answered = {"off": 1000, "on": 1000, "1%": 1000}
+    assert export_premises({"on": 995, "1%": 9}, answered) == {"on": "", "1%": ""}
+    # Spans the exporter dropped, or a sampler that kept all or nothing: refused.
+    failed = export_premises({"on": 500, "1%": 0}, answered)
+    assert failed == {
+        "on": "the traced router exported 500 of 1000 requests",
+        "1%": "the 1% router exported 0 of 1000 requests",
+    }
+    assert export_premises({"on": 1000, "1%": 1000}, answered)["1%"]

@@ -117,6 +117,7 @@ def test_dashboard_has_a_quality_row() -> None:
         "task:switchyard_teacher_agreement_high:blended5m",
         "switchyard_quality_student_agreement",
         "switchyard_quality_scored_samples",
+        "increase(switchyard_cache_hits_total[1h])",  # the coverage
     )
     for series in shown:
         assert series in queries

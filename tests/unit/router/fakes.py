@@ -153,6 +153,8 @@ class FakeTriton(service_pb2_grpc.GRPCInferenceServiceServicer):
         self.ready_delay_s = 0.0
         self.fail_with: grpc.StatusCode | None = None
         self.requests: list[service_pb2.ModelInferRequest] = []
+        self.metadata: list[dict[str, str]] = []
+        """The gRPC metadata of each inference (a traced call's traceparent)."""
         self.server: grpc.aio.Server | None = None
         """Set by `serving_triton`; a test may stop it, as a replica that dies."""
 
@@ -176,6 +178,7 @@ class FakeTriton(service_pb2_grpc.GRPCInferenceServiceServicer):
         self, request: service_pb2.ModelInferRequest, context: grpc.aio.ServicerContext
     ) -> service_pb2.ModelInferResponse:
         self.requests.append(request)
+        self.metadata.append({key: str(value) for key, value in context.invocation_metadata()})
         if request.model_version and request.model_version not in self.served_versions:
             # What Triton says for a version it has unloaded.
             await context.abort(
