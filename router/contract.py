@@ -10,6 +10,7 @@ from router._generated.switchyard.v1 import router_pb2, router_pb2_grpc
 from router.answers import Answer, Policy, Prediction, Route, TaskInfo
 
 __all__ = [
+    "DEPENDENCIES",
     "SERVICE",
     "ListTasksRequest",
     "ListTasksResponse",
@@ -30,6 +31,8 @@ __all__ = [
 ]
 
 SERVICE: str = router_pb2.DESCRIPTOR.services_by_name["Router"].full_name
+DEPENDENCIES = ("redis", "triton")
+"""Health services of their own: each of the router's dependencies, SERVING while it answers."""
 
 PredictRequest = router_pb2.PredictRequest
 PredictResponse = router_pb2.PredictResponse

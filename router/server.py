@@ -118,7 +118,7 @@ async def _watch_health(
     while True:
         models = sorted({task.model for task in router.tasks.values()})
         redis_up, triton_up = await asyncio.gather(cache.ping(), student.is_ready(models))
-        for name, up in (("redis", redis_up), ("triton", triton_up)):
+        for name, up in zip(contract.DEPENDENCIES, (redis_up, triton_up), strict=True):
             metrics.dependency_up.labels(name).set(1 if up else 0)
             await health_servicer.set(name, _SERVING if up else _NOT_SERVING)
         overall = _SERVING if redis_up or triton_up else _NOT_SERVING

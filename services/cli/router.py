@@ -71,19 +71,33 @@ def check(
         str | None, tls_option("server-name", "SWITCHYARD_CHECK_TLS_SERVER_NAME")
     ] = None,
 ) -> None:
-    """Exit 0 when the router's gRPC health check says SERVING (for container health checks)."""
+    """Exit 0 when the router's gRPC health check says SERVING; 1 when it answers otherwise
+    (naming the dependencies that are down); 2 when it does not answer."""
     from router.client import RequestError, RouterClient
+    from router.contract import DEPENDENCIES
 
     tls = tls_config(tls_ca_file, tls_cert_file, tls_key_file, tls_server_name)
     try:
         with RouterClient(address, tls=tls, timeout_s=timeout, retries=0) as client:
             status = client.health(service)
+            down = []
+            if status != "SERVING" and not service:
+                for dependency in DEPENDENCIES:
+                    try:
+                        if client.health(dependency) != "SERVING":
+                            down.append(dependency)
+                    except RequestError:
+                        down.append(dependency)
     except (OSError, ValueError) as exc:
         raise fail(f"router check: {exc}") from None
     except RequestError as exc:
         raise fail(f"router at {address}: {exc}") from None
     if status != "SERVING":
-        raise fail(f"router at {address}: {status}")
+        because = f" ({', '.join(down)} not serving)" if down else ""
+        Console(stderr=True, soft_wrap=True).print(
+            f"router at {address}: {status}{because}", highlight=False, markup=False
+        )
+        raise typer.Exit(code=1)
     print("SERVING")
 
 

@@ -350,6 +350,19 @@ def test_default_triton_is_cpu_and_gpu_is_opt_in() -> None:
     assert devices == [{"driver": "nvidia", "count": 1, "capabilities": ["gpu"]}]
 
 
+def test_host_ports_are_loopback_and_move_with_the_environment() -> None:
+    published = {
+        name: service["ports"]
+        for name, service in load_compose()["services"].items()
+        if "ports" in service
+    }
+    assert published == {
+        "router": ["127.0.0.1:${SWITCHYARD_ROUTER_PORT:-50051}:50051"],
+        "prometheus": ["127.0.0.1:${SWITCHYARD_PROMETHEUS_PORT:-9090}:9090"],
+        "grafana": ["127.0.0.1:${SWITCHYARD_GRAFANA_PORT:-3000}:3000"],
+    }
+
+
 def test_no_secrets_in_the_compose_file() -> None:
     for name, service in SERVICES.items():
         environment = service.get("environment") or {}

@@ -12,10 +12,13 @@ from typing import Any
 import grpc
 import pytest
 import trustme
+from click.testing import Result
+from typer.testing import CliRunner
 
 from router.client import AsyncRouterClient, Policy, RequestError, Route, RouterClient, TlsConfig
 from router.server import serve
 from router.settings import RouterSettings
+from services.cli import app
 from services.contracts.build_report import ServingRecord
 from services.contracts.rollout_schema import rollout_key
 from services.pipeline.rollout import Rollouts
@@ -108,6 +111,12 @@ def test_serve_answers_both_routes_reports_health_and_stops_on_sigterm(
     run(main)
 
 
+async def check(address: str, *options: str) -> Result:
+    """`switchyard router check` run in a thread, while this loop serves the router."""
+    arguments = ["router", "check", "--address", address, *options]
+    return await asyncio.to_thread(CliRunner().invoke, app, arguments)
+
+
 def test_health_follows_each_dependency(tmp_path: Path) -> None:
     """No Triton, and a Redis that goes away: overall health stays up while one route can
     answer, and says NOT_SERVING when neither can."""
@@ -126,6 +135,10 @@ def test_health_follows_each_dependency(tmp_path: Path) -> None:
                 "NOT_SERVING",
                 "SERVING",
             )
+            # `router check`, as a probe sees it: 0 serving, 1 answering otherwise.
+            assert (await check(address)).exit_code == 0
+            one = await check(address, "--service", "triton")
+            assert (one.exit_code, one.output.strip()) == (1, f"router at {address}: NOT_SERVING")
             with pytest.raises(RequestError) as error:
                 await client.predict("topic", "nobody cached this")
             assert error.value.code == grpc.StatusCode.UNAVAILABLE
@@ -136,6 +149,11 @@ def test_health_follows_each_dependency(tmp_path: Path) -> None:
                 assert asyncio.get_running_loop().time() < deadline
                 await asyncio.sleep(0.05)
             assert await health(client, "redis") == "NOT_SERVING"
+            both = await check(address)
+            assert both.exit_code == 1
+            assert both.output.strip() == (
+                f"router at {address}: NOT_SERVING (redis, triton not serving)"
+            )
         os.kill(os.getpid(), signal.SIGTERM)
         await asyncio.wait_for(server, 10)
 
