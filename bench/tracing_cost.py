@@ -122,8 +122,8 @@ async def tracing_cost(
         return value
 
     def refused(route: Route, *names: str) -> str:
-        return next((premise(calls[(route, name)]) for name in names
-                     if premise(calls[(route, name)])), "")  # fmt: skip
+        failed = (premise(calls[(route, name)]) for name in names)
+        return next((why for why in failed if why), "")
 
     ratios = [
         {"ratio": f"{route.value} route p50, tracing {name} / off (t)",

@@ -343,23 +343,22 @@ class PredictionCache:
             )
 
     async def record_samples(self, namespace: str, samples: Sequence[QualitySample]) -> None:
-        """Append sampled model-route answers to the namespace's capped stream of them."""
+        """Append sampled model-route answers to the namespace's capped stream of them, in
+        one round trip."""
+        pipe = self._client.pipeline(transaction=False)
         for sample in samples:
-            await self._call(
-                "XADD",
-                self._timeout_s,
-                self._client.xadd(
-                    quality_samples_key(namespace),
-                    sample.to_fields(),  # type: ignore[arg-type]
-                    maxlen=self._samples_max_len,
-                    approximate=True,
-                ),
+            pipe.xadd(
+                quality_samples_key(namespace),
+                sample.to_fields(),  # type: ignore[arg-type]
+                maxlen=self._samples_max_len,
+                approximate=True,
             )
+        await self._call("XADD", self._timeout_s, pipe.execute())
 
     async def quality_record(self, namespace: str) -> QualityRecord | None:
         """The namespace's last quality scoring; None when there is none (or none readable)."""
         raw = await self._call(
-            "GET quality", self._timeout_s * 4, self._client.get(quality_record_key(namespace))
+            "GET quality", self._timeout_s, self._client.get(quality_record_key(namespace))
         )
         if raw is None:
             return None

@@ -156,8 +156,7 @@ class RouterServicer:
         """
         started = time.perf_counter()
         task_label, route = "unknown", "none"
-        metadata = None if self._tracer is NO_TRACER else context.invocation_metadata()
-        with rpc_span(self._tracer, contract.SERVICE, method, metadata) as span:
+        with rpc_span(self._tracer, contract.SERVICE, method, context) as span:
             try:
                 request = _parse(message_type, raw)
                 task: str = getattr(request, "task", "")

@@ -2,18 +2,16 @@
 
 A traced request is one server span per RPC, which continues the W3C trace context a client
 sends; the servicer sets the request's task, route, cache generation, model version and
-outcome on it. Its children:
-the in-process cache tier, the Redis read, the model route of each version asked, and under
-that each Triton call, whose metadata carries the trace context on to Triton. No span holds
-a request's text.
+outcome on it. Its children: the in-process cache tier, the Redis read, the model route of
+each version asked, and under that each Triton call, whose metadata carries the trace context
+on to Triton. No span holds a request's text.
 
 With tracing off no server span is started, and every tracer is the API's no-op one, whose
 spans record nothing.
 """
 
-from collections.abc import Sequence
 from contextlib import AbstractContextManager, nullcontext
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import grpc
 from opentelemetry import propagate, trace
@@ -66,7 +64,7 @@ def tracer_of(provider: "TracerProvider | None") -> trace.Tracer:
 
 
 def rpc_span(
-    tracer: trace.Tracer, service: str, method: str, metadata: Sequence[tuple[str, Any]] | None
+    tracer: trace.Tracer, service: str, method: str, context: grpc.aio.ServicerContext
 ) -> AbstractContextManager[trace.Span]:
     """The server span of one RPC, in the trace the caller's W3C context names (a new one
     without it); the RPC sets its status (`end_rpc`). A span of its own rather than the gRPC
@@ -74,7 +72,7 @@ def rpc_span(
     path, and the bench measured that cost on requests sampled out too."""
     if tracer is NO_TRACER:
         return nullcontext(trace.INVALID_SPAN)
-    parent = propagate.extract(dict(metadata or ()))
+    parent = propagate.extract(dict(context.invocation_metadata() or ()))
     return tracer.start_as_current_span(
         f"{service}/{method}",
         context=parent,
