@@ -1,4 +1,5 @@
-"""The Docker Compose deployment, checked without a Docker daemon.
+"""The Docker Compose deployment, checked without a Docker daemon (tests/images, run by
+.ci/images, builds the images and runs them).
 
 docker-compose.yml is validated against the compose-spec JSON schema (shipped by the dclint
 npm package in .tools/) with check-jsonschema, and a planted error must fail that same check,
@@ -330,22 +331,65 @@ def test_dockerfile_runs_as_non_root(dockerfile: str) -> None:
 
 @pytest.mark.parametrize("dockerfile", DOCKERFILES)
 def test_dockerfile_pins_base_images_and_skips_pip_cache(dockerfile: str) -> None:
+    """Every stage starts from BASE_IMAGE, whose default is a pinned official python image
+    (.ci/images passes a Debian-made one), or from an earlier stage."""
     text = (REPO / dockerfile).read_text(encoding="utf-8")
-    for image in re.findall(r"^FROM\s+(\S+)", text, flags=re.MULTILINE):
-        assert re.fullmatch(r"python:3\.11\.\d+-slim-\w+", image), image
+    default = re.findall(r"^ARG BASE_IMAGE=(\S+)$", text, flags=re.MULTILINE)
+    assert len(default) == 1, f"{dockerfile}: one ARG BASE_IMAGE with a default"
+    assert re.fullmatch(r"python:3\.11\.\d+-slim-\w+", default[0]), default[0]
+    stages = re.findall(r"^FROM\s+(\S+)(?:\s+AS\s+(\S+))?", text, flags=re.MULTILINE)
+    named = {name for _, name in stages if name}
+    for image, _ in stages:
+        assert image == "${BASE_IMAGE}" or image in named, f"{dockerfile}: FROM {image}"
     for line in pip_install_lines(REPO / dockerfile):
         assert "--no-cache-dir" in line, line
+
+
+@pytest.mark.parametrize("dockerfile", DOCKERFILES)
+def test_dockerfile_installs_from_a_wheel_folder_when_given_one(dockerfile: str) -> None:
+    """WHEELS=<folder URL> turns every pip install into an index-free one (.ci/images)."""
+    text = (REPO / dockerfile).read_text(encoding="utf-8")
+    assert re.search(r'^ARG WHEELS=""$', text, flags=re.MULTILINE), dockerfile
+    for line in pip_install_lines(REPO / dockerfile):
+        assert '"$@"' in line or '${WHEELS:+--no-index --find-links "$WHEELS"}' in line, line
+    if '"$@"' in text:
+        assert 'set -- --no-index --find-links "$WHEELS"' in text, dockerfile
+
+
+def test_compose_images_carry_the_project_version() -> None:
+    """.ci/images builds switchyard-<component>:<version>; compose must run those tags."""
+    with (REPO / "pyproject.toml").open("rb") as handle:
+        version = tomllib.load(handle)["project"]["version"]
+    images = {name: SERVICES[name]["image"] for name in BUILT}
+    assert images == {
+        "router": f"switchyard-router:{version}",
+        "triton": f"switchyard-triton:{version}",
+        "build": f"switchyard-batch:{version}",
+        "batch": f"switchyard-batch:{version}",
+    }
+    ci_images = (REPO / ".ci/images").read_text(encoding="utf-8")
+    for component in ("router", "batch", "triton"):
+        assert f'build "switchyard-{component}:$version"' in ci_images, component
 
 
 @pytest.mark.parametrize("name", PYTHON_SERVICES)
 def test_python_services_have_a_read_only_root(name: str) -> None:
     service = SERVICES[name]
     assert service.get("read_only") is True, name
-    assert "/tmp" in service.get("tmpfs", []), name
+    tmpfs = [entry.split(":")[0] for entry in service.get("tmpfs", [])]
+    assert "/tmp" in tmpfs, name
 
 
 def test_default_triton_is_cpu_and_gpu_is_opt_in() -> None:
-    assert "deploy" not in SERVICES["triton"] and "profiles" not in SERVICES["triton"]
+    triton = SERVICES["triton"]
+    assert "deploy" not in triton and "profiles" not in triton
+    # The CPU image built here runs exactly the local stack's Triton.
+    assert triton["build"]["dockerfile"] == "services/triton/Dockerfile"
+    assert triton["command"][:3] == ["switchyard", "triton", "serve"]
+    assert dockerfile_extras(REPO / "services/triton/Dockerfile") == {"triton", "cpu"}
+    # It loads its backend from /tmp: a noexec tmpfs there would fail every model.
+    assert "/tmp:exec" in triton["tmpfs"]
+    assert SERVICES["triton-gpu"]["image"].startswith("nvcr.io/nvidia/tritonserver:")
     devices = SERVICES["triton-gpu"]["deploy"]["resources"]["reservations"]["devices"]
     assert devices == [{"driver": "nvidia", "count": 1, "capabilities": ["gpu"]}]
 
@@ -371,3 +415,18 @@ def test_no_secrets_in_the_compose_file() -> None:
             assert not re.search(r"PASSWORD|SECRET|TOKEN|API_KEY", key), f"{name}: {key}"
         for value in environment.values():
             assert not re.search(r"redis://[^@/]*:[^@/]*@", str(value)), f"{name}: {value}"
+
+
+def test_ci_images_refuses_a_folder_without_a_build(tmp_path: Path) -> None:
+    """One line and exit 2, before anything is installed or started."""
+    result = subprocess.run(
+        ["bash", str(REPO / ".ci/images"), str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert result.stderr.strip() == (
+        f"images: {tmp_path} holds no model_repository; run switchyard models build first"
+    )
+    assert result.stdout == ""

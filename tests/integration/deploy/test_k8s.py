@@ -11,6 +11,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tomllib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,7 @@ import yaml
 from pydantic_settings import BaseSettings
 
 from router.settings import RouterSettings, load_settings
+from services.triton.server import TritonSettings
 
 REPO = Path(__file__).resolve().parents[3]
 K8S = REPO / "k8s"
@@ -358,8 +360,13 @@ def test_deployments_have_startup_readiness_and_liveness_probes(overlay: str) ->
         assert container[probe]["httpGet"]["path"] == path
         assert ports[container[probe]["httpGet"]["port"]] == 8000
     assert {ports["http"], ports["grpc"], ports["metrics"]} == {8000, 8001, 8002}
-    assert "--model-repository=/models/model_repository" in command_line(container)
-    assert "--strict-readiness=true" in command_line(container)
+    argv = command_line(container)
+    if argv[0] == "tritonserver":  # NVIDIA's image (prod)
+        assert "--model-repository=/models/model_repository" in argv
+        assert "--strict-readiness=true" in argv
+    else:  # the CPU image (dev), whose server is ready only when every model is
+        assert argv[:3] == ["switchyard", "triton", "serve"], argv
+        assert option(argv, "--repository") == "/models/model_repository"
 
 
 # --- wiring: selectors, ports, names -------------------------------------------------------
@@ -590,9 +597,14 @@ def test_router_balances_over_every_ready_triton_pod(overlay: str, tmp_path: Pat
     (container,) = triton["spec"]["containers"]
     sleep, seconds = container["lifecycle"]["preStop"]["exec"]["command"]
     assert sleep == "sleep" and int(seconds) >= settings.triton_resolve_seconds + 5
-    (drain,) = [a for a in command_line(container) if a.startswith("--exit-timeout-secs=")]
+    argv = command_line(container)
+    if argv[0] == "tritonserver":
+        (flag,) = [a for a in argv if a.startswith("--exit-timeout-secs=")]
+        drain = float(flag.partition("=")[2])
+    else:  # `switchyard triton serve` stops its server within stop_timeout
+        drain = TritonSettings.model_fields["stop_timeout"].default
     grace = triton["spec"]["terminationGracePeriodSeconds"]
-    assert grace >= int(seconds) + int(drain.partition("=")[2]), "Triton killed mid-drain"
+    assert grace >= int(seconds) + drain, "Triton killed mid-drain"
 
 
 # --- the batch jobs ------------------------------------------------------------------------
@@ -688,6 +700,32 @@ def test_one_off_jobs_share_namespace_images_and_queries(overlay: str) -> None:
     assert command_line(container) == [
         "switchyard", "models", "build", "--profile", "full", "--out", "/models",
     ]  # fmt: skip
+
+
+def test_dev_runs_the_images_ci_builds() -> None:
+    """Dev's images are exactly the tags .ci/images builds and runs (the project's version),
+    its Triton the CPU image, which needs no GPU and no NVIDIA registry."""
+    with (REPO / "pyproject.toml").open("rb") as handle:
+        version = tomllib.load(handle)["project"]["version"]
+    docs = [*render("dev"), *render("dev/jobs"), *render("dev/ray")]
+    ours = {
+        c["image"]
+        for _, pod in pod_templates(docs)
+        for c in containers(pod)
+        if c["image"].startswith("switchyard-")
+    }
+    assert ours == {f"switchyard-{c}:{version}" for c in ("router", "batch", "triton")}
+    triton = pod_template(find(render("dev"), "Deployment", "switchyard-triton"))
+    (container,) = containers(triton)
+    assert command_line(container) == [
+        "switchyard", "triton", "serve", "--repository", "/models/model_repository",
+    ]  # fmt: skip
+    assert container["securityContext"]["runAsUser"] == 10001
+    mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
+    volumes = {v["name"]: v for v in triton["spec"]["volumes"]}
+    assert volumes[mounts["/dev/shm"]]["emptyDir"]["medium"] == "Memory"
+    # /tmp is an emptyDir, which allows exec: the server loads its backend from there.
+    assert "emptyDir" in volumes[mounts["/tmp"]]
 
 
 def test_prod_images_are_pinned() -> None:
