@@ -3,7 +3,7 @@ the few model versions a router serves in its lifetime."""
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from services.contracts.quality_schema import QualityRecord
+from services.contracts.quality_schema import AGREEMENT_GAUGES, QualityRecord
 
 __all__ = ["RouterMetrics"]
 
@@ -119,31 +119,9 @@ class RouterMetrics:
             ["task"],
             registry=registry,
         )
-        versioned = ["task", "model_version"]
-        self.quality_agreement = Gauge(
-            "switchyard_quality_student_agreement",
-            "Share of the sampled model-route answers the teacher agreed with, at the last "
-            "`switchyard quality score`.",
-            versioned,
-            registry=registry,
-        )
-        self.quality_agreement_low = Gauge(
-            "switchyard_quality_student_agreement_low",
-            "Lower end of that share's 95% Wilson interval.",
-            versioned,
-            registry=registry,
-        )
-        self.quality_agreement_high = Gauge(
-            "switchyard_quality_student_agreement_high",
-            "Upper end of that share's 95% Wilson interval.",
-            versioned,
-            registry=registry,
-        )
-        self.quality_scored_samples = Gauge(
-            "switchyard_quality_scored_samples",
-            "Sampled answers the last scoring judged.",
-            versioned,
-            registry=registry,
+        self.quality_gauges = tuple(
+            Gauge(name, text, ["task", "model_version"], registry=registry)
+            for name, text in AGREEMENT_GAUGES
         )
         self._quality_shown: dict[str, set[str]] = {}
         self.misses_queued = Counter(
@@ -198,18 +176,10 @@ class RouterMetrics:
     def show_quality(self, task: str, record: QualityRecord | None) -> None:
         """Export the task's last quality record (versions it no longer holds disappear)."""
         versions = {} if record is None else {v.model_version: v for v in record.versions}
-        gauges = (
-            self.quality_agreement,
-            self.quality_agreement_low,
-            self.quality_agreement_high,
-            self.quality_scored_samples,
-        )
         for gone in self._quality_shown.get(task, set()) - set(versions):
-            for gauge in gauges:
+            for gauge in self.quality_gauges:
                 gauge.remove(task, gone)
         for version, agreement in versions.items():
-            low, high = agreement.interval
-            values = (agreement.agreement, low, high, agreement.samples)
-            for gauge, value in zip(gauges, values, strict=True):
+            for gauge, value in zip(self.quality_gauges, agreement.gauge_values(), strict=True):
                 gauge.labels(task, version).set(value)
         self._quality_shown[task] = set(versions)

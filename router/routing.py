@@ -165,10 +165,11 @@ class Router:
                     self._remaining(deadline),
                 )
                 cached = read.predictions
-                self.miss_counts.add(
-                    settings.cache_namespace,
-                    [text for text, found in zip(texts, cached, strict=True) if found is None],
-                )
+                if self.miss_counts.enabled:
+                    self.miss_counts.add(
+                        settings.cache_namespace,
+                        [text for text, found in zip(texts, cached, strict=True) if found is None],
+                    )
                 if read.malformed:
                     self._metrics.cache_malformed.labels(task).inc(read.malformed)
                 if generation and self._cache.tier_enabled:

@@ -21,7 +21,12 @@ from services.batch.settings import BatchSettings
 from services.batch.store import connect, stream_fields
 from services.batch.teacher import TeacherInfo, TeacherRuntime
 from services.contracts.cache_schema import quality_record_key, quality_samples_key
-from services.contracts.quality_schema import QualityRecord, QualitySample, VersionAgreement
+from services.contracts.quality_schema import (
+    AGREEMENT_GAUGES,
+    QualityRecord,
+    QualitySample,
+    VersionAgreement,
+)
 from services.contracts.text import normalize_text
 
 __all__ = ["ScoredSample", "Scoring", "read_samples", "score_samples", "write_quality_metrics"]
@@ -122,19 +127,10 @@ def write_quality_metrics(path: Path, record: QualityRecord, namespace: str) -> 
     """The record as Prometheus textfile metrics, written atomically."""
     registry = CollectorRegistry()
     names = ["task", "namespace", "model", "model_version"]
-    gauges = {
-        "switchyard_quality_student_agreement": "Share of sampled model-route answers the "
-        "teacher agreed with",
-        "switchyard_quality_student_agreement_low": "Lower end of its 95% Wilson interval",
-        "switchyard_quality_student_agreement_high": "Upper end of its 95% Wilson interval",
-        "switchyard_quality_scored_samples": "Sampled answers the last scoring judged",
-    }
-    made = {name: Gauge(name, text, names, registry=registry) for name, text in gauges.items()}
+    gauges = [Gauge(name, text, names, registry=registry) for name, text in AGREEMENT_GAUGES]
     for version in record.versions:
         labels = (record.task, namespace, version.model, version.model_version)
-        low, high = version.interval
-        values = (version.agreement, low, high, version.samples)
-        for gauge, value in zip(made.values(), values, strict=True):
+        for gauge, value in zip(gauges, version.gauge_values(), strict=True):
             gauge.labels(*labels).set(value)
     scored_at = Gauge(
         "switchyard_quality_scored_timestamp_seconds", "When the last scoring ran (Unix time)",

@@ -13,7 +13,13 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-__all__ = ["QualityRecord", "QualitySample", "VersionAgreement", "wilson_interval"]
+__all__ = [
+    "AGREEMENT_GAUGES",
+    "QualityRecord",
+    "QualitySample",
+    "VersionAgreement",
+    "wilson_interval",
+]
 
 _Z_95 = 1.959963984540054  # the standard normal's 97.5% quantile
 _ENCODER = json.JSONEncoder(separators=(",", ":"))
@@ -73,6 +79,20 @@ class QualitySample:
             raise ValueError(f"not a quality sample: {type(exc).__name__}") from None
 
 
+# The gauges (name, help) that show a scored version, both on routers and in the scoring
+# job's textfile, in the order of VersionAgreement.gauge_values().
+AGREEMENT_GAUGES: tuple[tuple[str, str], ...] = (
+    (
+        "switchyard_quality_student_agreement",
+        "Share of the sampled model-route answers the teacher agreed with, at the last "
+        "`switchyard quality score`.",
+    ),
+    ("switchyard_quality_student_agreement_low", "Lower end of that share's 95% Wilson interval."),
+    ("switchyard_quality_student_agreement_high", "Upper end of that share's 95% Wilson interval."),
+    ("switchyard_quality_scored_samples", "Sampled answers the last scoring judged."),
+)
+
+
 @dataclass(frozen=True)
 class VersionAgreement:
     """How often the teacher agreed with one student version on the sampled answers."""
@@ -89,6 +109,11 @@ class VersionAgreement:
     @property
     def interval(self) -> tuple[float, float]:
         return wilson_interval(self.agreed, self.samples)
+
+    def gauge_values(self) -> tuple[float, float, float, float]:
+        """The values of AGREEMENT_GAUGES, in their order."""
+        low, high = self.interval
+        return self.agreement, low, high, self.samples
 
 
 @dataclass(frozen=True)

@@ -80,11 +80,23 @@ class ComposeStack:
     build_dir: Path
     router_address: str
 
-    def compose(self, *args: str, timeout: float = 300) -> str:
+    def _compose_args(self) -> list[str]:
         files = [arg for path in COMPOSE_FILES for arg in ("-f", str(path))]
-        return self.docker.run(
-            "compose", "-p", self.project, *files, *args, env=self.env, timeout=timeout
+        return ["compose", "-p", self.project, *files]
+
+    def compose(self, *args: str, timeout: float = 300) -> str:
+        return self.docker.run(*self._compose_args(), *args, env=self.env, timeout=timeout)
+
+    def logs(self) -> str:
+        """The services' last log lines, for a failure's report (never fails itself)."""
+        result = subprocess.run(
+            [self.docker.cli, *self._compose_args(), "logs", "--no-color", "--tail", "60"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env=self.env,
         )
+        return result.stdout + result.stderr
 
     def container(self, service: str) -> str:
         ids = self.compose("ps", "-q", service).split()
@@ -116,7 +128,7 @@ def stack(docker: Docker) -> Iterator[ComposeStack]:
         )  # fmt: skip
         yield running
     except BaseException:
-        print(running.compose("logs", "--no-color", "--tail", "60"))
+        print(running.logs())
         raise
     finally:
         running.compose("down", "--volumes", "--remove-orphans", "--timeout", "10")

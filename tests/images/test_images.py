@@ -4,10 +4,13 @@ import json
 import os
 import subprocess
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
+from router.contract import DEPENDENCIES
 from services.contracts.build_layout import BuildLayout
 from services.stack.demo import run_demo
 from services.stack.samples import sample_queries
@@ -134,3 +137,32 @@ def test_both_routes_answer_through_the_containers(stack: ComposeStack, tmp_path
     assert demo.returncode == 0, demo.stdout + demo.stderr
     assert "cache" in demo.stdout and "model" in demo.stdout, demo.stdout
     print(demo.stdout)
+
+
+def test_router_health_check_names_the_dependencies_that_are_down(stack: ComposeStack) -> None:
+    """The router container's health check command: SERVING (exit 0) while either route can
+    answer, exit 1 naming both once Redis and Triton are stopped, and 0 again once they are
+    back (the router reconnects by itself)."""
+
+    def check() -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [stack.docker.cli, "exec", stack.container("router"), "switchyard", "router",
+             "check", "--address", "127.0.0.1:50051"],
+            capture_output=True, text=True, timeout=60, env=stack.env,
+        )  # fmt: skip
+
+    def until(done: Callable[[subprocess.CompletedProcess[str]], bool]) -> str:
+        deadline = time.monotonic() + 30
+        while not done(result := check()) and time.monotonic() < deadline:
+            time.sleep(1)
+        assert done(result), result
+        return result.stderr
+
+    until(lambda result: result.returncode == 0)
+    stack.compose("stop", *DEPENDENCIES)
+    try:
+        said = until(lambda result: result.returncode == 1)
+        assert f"NOT_SERVING ({', '.join(DEPENDENCIES)} not serving)" in said, said
+    finally:
+        stack.compose("up", "--detach", "--no-build", "--pull", "never", "--wait", *DEPENDENCIES)
+    until(lambda result: result.returncode == 0)

@@ -161,7 +161,8 @@ def test_concurrent_identical_misses_make_one_model_call(redis_server: RedisServ
         await asyncio.gather(*(bed.client.predict("topic", f"text {i}") for i in range(3)))
         assert len(bed.student.calls) == 4
 
-    run(redis_server, body, FakeStudent(delay_s=0.3))
+    # Long enough that all eight arrive while the first call is open, even on a busy machine.
+    run(redis_server, body, FakeStudent(delay_s=1.0))
 
 
 def test_when_the_shared_call_fails_the_waiters_ask_for_themselves(
