@@ -6,7 +6,7 @@ the stand-in Redis) before it runs `pytest tests/images` with:
 
 - DOCKER_HOST, the engine; SWITCHYARD_TEST_DOCKER, its CLI with the compose plugin;
 - SWITCHYARD_TEST_BUILD_DIR, the absolute path of the CI build whose models the containers
-  serve; SWITCHYARD_TEST_REDIS_IMAGE, the stand-in Redis image.
+  serve; SWITCHYARD_TEST_REDIS_IMAGE and SWITCHYARD_TEST_PROMETHEUS_IMAGE, the stand-ins.
 
 A missing variable fails the run: a skip would hide images that were never tested.
 """
@@ -26,7 +26,7 @@ from services.processes.ports import free_port
 
 REPO = Path(__file__).parents[2]
 COMPOSE_FILES = [REPO / "docker-compose.yml", REPO / "tests/images/compose.yml"]
-SERVING = ["redis", "triton", "router"]
+SERVING = ["redis", "triton", "router", "prometheus"]
 
 
 def required_env(name: str) -> str:
@@ -79,6 +79,7 @@ class ComposeStack:
     env: dict[str, str]
     build_dir: Path
     router_address: str
+    prometheus_url: str
 
     def _compose_args(self) -> list[str]:
         files = [arg for path in COMPOSE_FILES for arg in ("-f", str(path))]
@@ -87,15 +88,19 @@ class ComposeStack:
     def compose(self, *args: str, timeout: float = 300) -> str:
         return self.docker.run(*self._compose_args(), *args, env=self.env, timeout=timeout)
 
-    def logs(self) -> str:
-        """The services' last log lines, for a failure's report (never fails itself)."""
-        result = subprocess.run(
-            [self.docker.cli, *self._compose_args(), "logs", "--no-color", "--tail", "60"],
+    def compose_result(self, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+        """A compose command that may fail: its exit status and output, for the test to judge."""
+        return subprocess.run(
+            [self.docker.cli, *self._compose_args(), *args],
             capture_output=True,
             text=True,
-            timeout=60,
+            timeout=timeout,
             env=self.env,
         )
+
+    def logs(self) -> str:
+        """The services' last log lines, for a failure's report (never fails itself)."""
+        result = self.compose_result("logs", "--no-color", "--tail", "60", timeout=60)
         return result.stdout + result.stderr
 
     def container(self, service: str) -> str:
@@ -106,18 +111,26 @@ class ComposeStack:
 
 @pytest.fixture(scope="session")
 def stack(docker: Docker) -> Iterator[ComposeStack]:
-    """redis (the stand-in), the CPU triton and the router, up and healthy, on the CI build."""
+    """redis and prometheus (the stand-ins), the CPU triton and the router, up and healthy,
+    on the CI build."""
     build_dir = Path(required_env("SWITCHYARD_TEST_BUILD_DIR"))
     assert build_dir.is_absolute() and (build_dir / "model_repository").is_dir(), build_dir
-    port = free_port()
+    router_port, prometheus_port = free_port(), free_port()
     env = {
         **os.environ,
         "SWITCHYARD_TEST_REDIS_IMAGE": required_env("SWITCHYARD_TEST_REDIS_IMAGE"),
+        "SWITCHYARD_TEST_PROMETHEUS_IMAGE": required_env("SWITCHYARD_TEST_PROMETHEUS_IMAGE"),
         "SWITCHYARD_TEST_BUILD_DIR": str(build_dir),
-        "SWITCHYARD_ROUTER_PORT": str(port),
+        "SWITCHYARD_ROUTER_PORT": str(router_port),
+        "SWITCHYARD_PROMETHEUS_PORT": str(prometheus_port),
     }
     running = ComposeStack(
-        docker, f"switchyard-images-{os.getpid()}", env, build_dir, f"127.0.0.1:{port}"
+        docker,
+        f"switchyard-images-{os.getpid()}",
+        env,
+        build_dir,
+        router_address=f"127.0.0.1:{router_port}",
+        prometheus_url=f"http://127.0.0.1:{prometheus_port}",
     )
     try:
         # Built already, never pulled: compose must run exactly the images under test.

@@ -28,6 +28,8 @@ K8S = REPO / "k8s"
 KUBERNETES_VERSION = "1.29"
 VALIDATOR = Path(sys.executable).parent / "kubernetes-validate"
 
+# Every image of ours is tagged with it, as .ci/images builds them.
+VERSION = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))["project"]["version"]
 OVERLAYS = ["dev", "prod"]
 JOB_OVERLAYS = ["dev/jobs", "prod/jobs"]
 NAMESPACES = {"dev": "switchyard-dev", "prod": "switchyard"}
@@ -705,8 +707,6 @@ def test_one_off_jobs_share_namespace_images_and_queries(overlay: str) -> None:
 def test_dev_runs_the_images_ci_builds() -> None:
     """Dev's images are exactly the tags .ci/images builds and runs (the project's version),
     its Triton the CPU image, which needs no GPU and no NVIDIA registry."""
-    with (REPO / "pyproject.toml").open("rb") as handle:
-        version = tomllib.load(handle)["project"]["version"]
     docs = [*render("dev"), *render("dev/jobs"), *render("dev/ray")]
     ours = {
         c["image"]
@@ -714,7 +714,7 @@ def test_dev_runs_the_images_ci_builds() -> None:
         for c in containers(pod)
         if c["image"].startswith("switchyard-")
     }
-    assert ours == {f"switchyard-{c}:{version}" for c in ("router", "batch", "triton")}
+    assert ours == {f"switchyard-{c}:{VERSION}" for c in ("router", "batch", "triton")}
     triton = pod_template(find(render("dev"), "Deployment", "switchyard-triton"))
     (container,) = containers(triton)
     assert command_line(container) == [
@@ -735,6 +735,8 @@ def test_prod_images_are_pinned() -> None:
             name, _, tag = image.rpartition(":")
             assert name and "/" in name, f"{workload['metadata']['name']}: {image} has no registry"
             assert tag and tag != "latest" and "/" not in tag, f"{image} is not pinned"
+            if name.rpartition("/")[2].startswith("switchyard-"):
+                assert tag == VERSION, f"{image}: not the tag CI builds ({VERSION})"
 
 
 # --- the rollout Job -------------------------------------------------------------------
